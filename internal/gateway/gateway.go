@@ -1,0 +1,277 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/http/httputil"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/countersign/countersign/internal/api"
+)
+
+// Rand is the random source that splits traffic by weight. *math/rand/v2.Rand
+// satisfies it; the gateway serializes calls, so it need not be safe for
+// concurrent use.
+type Rand interface {
+	IntN(n int) int
+}
+
+// Recorder receives every change before it takes effect, so the caller can
+// make it an audit event. If Record returns an error, the change is refused.
+type Recorder interface {
+	Record(ctx context.Context, typ, subject string, details map[string]any) error
+}
+
+// Event types given to the Recorder.
+const (
+	EventWeights = "gateway.weights.set"
+	EventGate    = "gateway.gate.set"
+	EventPool    = "gateway.pool.set"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultRetryAfter     = 30 // seconds
+	DefaultHealthInterval = time.Second
+	DefaultHealthTimeout  = 500 * time.Millisecond
+	DefaultHealthPath     = "/readyz"
+)
+
+// Config configures a Gateway.
+type Config struct {
+	// Pools are the initial pools and their backend URLs. Backends start
+	// unhealthy until the first health pass (Run or CheckHealth).
+	Pools map[string][]string
+	// Weights are the initial weights, percent, summing to 100.
+	Weights map[string]int
+	// Recorder receives every change before it takes effect. Required.
+	Recorder Recorder
+	// Rand splits traffic; default math/rand/v2's global source.
+	Rand Rand
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// HealthInterval is the period of Run's health passes (default 1 s);
+	// HealthTimeout bounds one check (default 500 ms); HealthPath is the
+	// readiness path probed on each backend (default /readyz).
+	HealthInterval time.Duration
+	HealthTimeout  time.Duration
+	HealthPath     string
+	// DefaultRetryAfter is used when the gate is turned on without one
+	// (seconds, default 30).
+	DefaultRetryAfter int
+	// Transport carries proxied requests and health checks; default a
+	// clone of http.DefaultTransport.
+	Transport http.RoundTripper
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Gateway is the weighted, health-aware, gated reverse proxy. It is an
+// http.Handler for the data plane; Admin serves its control API.
+type Gateway struct {
+	cfg    Config
+	log    *slog.Logger
+	proxy  *httputil.ReverseProxy
+	health *http.Client
+
+	mu      sync.Mutex // serializes changes; guards pools, weights, gate
+	pools   map[string]*pool
+	weights map[string]int
+	gate    Gate
+	route   atomicRoute // immutable routing snapshot read by the request path
+
+	randMu sync.Mutex
+	rand   Rand
+
+	counters
+}
+
+// New builds a gateway. It does no I/O: call Run (or CheckHealth) to bring
+// backends into rotation.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Recorder == nil {
+		return nil, fmt.Errorf("%w: a Recorder is required", ErrInvalid)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.HealthInterval <= 0 {
+		cfg.HealthInterval = DefaultHealthInterval
+	}
+	if cfg.HealthTimeout <= 0 {
+		cfg.HealthTimeout = DefaultHealthTimeout
+	}
+	if cfg.HealthPath == "" {
+		cfg.HealthPath = DefaultHealthPath
+	}
+	if cfg.DefaultRetryAfter <= 0 {
+		cfg.DefaultRetryAfter = DefaultRetryAfter
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, pools: map[string]*pool{}, weights: map[string]int{}, rand: cfg.Rand}
+	if g.rand == nil {
+		g.rand = globalRand{}
+	}
+	g.health = &http.Client{Transport: cfg.Transport, Timeout: cfg.HealthTimeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, name := range slices.Sorted(maps.Keys(cfg.Pools)) {
+		if err := validPoolName(name); err != nil {
+			return nil, err
+		}
+		p := newPool(name)
+		bs, _, err := parseBackends(cfg.Pools[name], nil)
+		if err != nil {
+			return nil, err
+		}
+		p.backends.Store(&bs)
+		g.pools[name] = p
+	}
+	if len(cfg.Weights) > 0 {
+		w, err := g.checkWeightsLocked(cfg.Weights)
+		if err != nil {
+			return nil, err
+		}
+		g.weights = w
+	}
+	g.proxy = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			b := pr.In.Context().Value(backendKey{}).(*backend)
+			pr.SetURL(b.url)
+			pr.SetXForwarded()
+		},
+		Transport:    cfg.Transport,
+		ErrorHandler: g.proxyError,
+	}
+	g.rebuildRouteLocked()
+	return g, nil
+}
+
+type globalRand struct{}
+
+func (globalRand) IntN(n int) int { return mrand.IntN(n) }
+
+type backendKey struct{}
+
+// ServeHTTP routes one data-plane request: the gate first, then a pool by
+// weight, then a healthy backend of that pool.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt := g.route.Load()
+	if rt.gate.On && (rt.gate.BlockReads || !isRead(r)) {
+		g.gated.Add(1)
+		writeRetryProblem(w, http.StatusServiceUnavailable, api.TypeMaintenance, rt.gate.Reason, rt.gate.RetryAfter)
+		return
+	}
+	p, b := g.choose(rt)
+	if b == nil {
+		g.unroutable.Add(1)
+		writeRetryProblem(w, http.StatusServiceUnavailable, api.TypeUnavailable, "no healthy backend can take this request", 1)
+		return
+	}
+	p.inFlight.Add(1)
+	b.inFlight.Add(1)
+	p.forwarded.Add(1)
+	b.forwarded.Add(1)
+	p.lastForward.Store(g.cfg.Now().UnixNano())
+	defer func() {
+		b.inFlight.Add(-1)
+		p.inFlight.Add(-1)
+	}()
+	g.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), backendKey{}, b)))
+}
+
+// isRead reports whether a request cannot accept work: safe methods, and
+// POST /v1/verify, which checks a signature and stores nothing.
+func isRead(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return true
+	case http.MethodPost:
+		return r.URL.Path == "/v1/verify"
+	}
+	return false
+}
+
+// choose picks a pool by effective weight and a healthy backend in it. A
+// pool with no healthy backend has effective weight 0; its share goes to the
+// others in proportion to their weights.
+func (g *Gateway) choose(rt *route) (*pool, *backend) {
+	var eff [8]int
+	effs := eff[:0]
+	total := 0
+	for _, e := range rt.pools {
+		w := 0
+		if e.weight > 0 && e.pool.healthy() {
+			w = e.weight
+		}
+		effs = append(effs, w)
+		total += w
+	}
+	if total == 0 {
+		return nil, nil
+	}
+	g.randMu.Lock()
+	n := g.rand.IntN(total)
+	g.randMu.Unlock()
+	for i, e := range rt.pools {
+		if n < effs[i] {
+			if b := e.pool.pick(); b != nil {
+				return e.pool, b
+			}
+			break // lost its last healthy backend since the weights were read
+		}
+		n -= effs[i]
+	}
+	// Rare race with a health change: take any pool that can serve.
+	for _, e := range rt.pools {
+		if e.weight > 0 {
+			if b := e.pool.pick(); b != nil {
+				return e.pool, b
+			}
+		}
+	}
+	return nil, nil
+}
+
+func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	g.proxyErrs.Add(1)
+	b, _ := r.Context().Value(backendKey{}).(*backend)
+	if b != nil && isDialError(err) {
+		if b.setHealth(false, g.cfg.Now(), err.Error()) {
+			g.log.WarnContext(r.Context(), "gateway: backend refused connection, out of rotation", "backend", b.raw, "err", err)
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		return // the client went away; nobody is left to answer
+	}
+	writeRetryProblem(w, http.StatusBadGateway, api.TypeUnavailable, "the backend could not be reached", 0)
+}
+
+func writeRetryProblem(w http.ResponseWriter, status int, typ, detail string, retryAfter int) {
+	p := api.NewProblem(status, typ, detail)
+	if retryAfter > 0 {
+		p.RetryAfter = retryAfter
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+	}
+	writeProblem(w, p)
+}
+
+func writeProblem(w http.ResponseWriter, p *api.Problem) {
+	w.Header().Set("Content-Type", api.ContentTypeProblem)
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(p.Status)
+	_ = json.NewEncoder(w).Encode(p)
+}
