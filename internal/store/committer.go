@@ -1,0 +1,231 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultMaxBatch is the largest batch a Committer commits at once.
+const DefaultMaxBatch = 256
+
+// ErrCommitterClosed is returned by Committer.Commit after Close.
+var ErrCommitterClosed = errors.New("store: committer closed")
+
+// ErrAbandoned is wrapped (with the context's error) when a caller stopped
+// waiting for a write it had already handed to the committer: the write
+// still commits, and a retry with the same idempotency key finds it.
+var ErrAbandoned = errors.New("store: stopped waiting; the write was handed over and will commit")
+
+// SignatureCommitter is the one store method a Committer needs.
+type SignatureCommitter interface {
+	CommitSignatures(ctx context.Context, w []SignatureWrite) ([]WriteResult, error)
+}
+
+// BatchStats describes one committed batch, for metrics.
+type BatchStats struct {
+	Size     int           // writes in the batch
+	Duration time.Duration // time spent in CommitSignatures
+	Err      error
+}
+
+// CommitterConfig configures a Committer. The zero value is valid.
+type CommitterConfig struct {
+	// MaxBatch caps the writes per transaction (default DefaultMaxBatch).
+	MaxBatch int
+	// Observe, if set, is called by the writer goroutine after each batch;
+	// it must be quick (e.g. observe a histogram).
+	Observe func(BatchStats)
+}
+
+// CommitterStats are cumulative counters since NewCommitter.
+type CommitterStats struct {
+	Batches  uint64 // CommitSignatures calls (a failed batch's one-by-one retries count too)
+	Writes   uint64 // writes committed (or answered Existing)
+	Failed   uint64 // writes answered with an error
+	MaxBatch int    // largest batch seen
+}
+
+// MeanBatch is the mean number of writes per CommitSignatures call.
+func (s CommitterStats) MeanBatch() float64 {
+	if s.Batches == 0 {
+		return 0
+	}
+	return float64(s.Writes+s.Failed) / float64(s.Batches)
+}
+
+// Committer is group commit for signatures: concurrent callers queue
+// writes, and one writer goroutine commits everything queued since its
+// previous commit (up to MaxBatch) in one CommitSignatures transaction, so
+// a durable commit's fsync is paid once per batch, not once per signature.
+// There is no timer: an idle writer commits a lone write at once, and
+// batches form while a commit is in flight.
+//
+// Invariant: a write handed to the writer is committed exactly once (or
+// fails as a whole) whatever happens to its caller's context; Close commits
+// everything handed over before it returns.
+type Committer struct {
+	s    SignatureCommitter
+	ctx  context.Context
+	cfg  CommitterConfig
+	reqs chan *pendingWrite
+	done chan struct{}
+
+	mu     sync.RWMutex // guards closed against sends on reqs
+	closed bool
+
+	batches, writes, failed atomic.Uint64
+	maxSeen                 atomic.Int64
+}
+
+type pendingWrite struct {
+	w   SignatureWrite
+	res chan writeOutcome // buffered 1: the writer never blocks on it
+}
+
+type writeOutcome struct {
+	r   WriteResult
+	err error
+}
+
+// NewCommitter starts the writer goroutine. Commits run under ctx (not
+// the callers' contexts, which may be cancelled after handing a write
+// over); cancel ctx only after Close.
+func NewCommitter(ctx context.Context, s SignatureCommitter, cfg CommitterConfig) *Committer {
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = DefaultMaxBatch
+	}
+	c := &Committer{s: s, ctx: ctx, cfg: cfg,
+		reqs: make(chan *pendingWrite, cfg.MaxBatch), done: make(chan struct{})}
+	go c.run()
+	return c
+}
+
+// Commit queues w and waits for its result. If ctx ends before the write
+// is handed over, nothing is written and ctx's error is returned; if it
+// ends after, the write still commits and the error wraps ErrAbandoned.
+func (c *Committer) Commit(ctx context.Context, w SignatureWrite) (WriteResult, error) {
+	p := &pendingWrite{w: w, res: make(chan writeOutcome, 1)}
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return WriteResult{}, ErrCommitterClosed
+	}
+	select {
+	case c.reqs <- p:
+		c.mu.RUnlock()
+	case <-ctx.Done():
+		c.mu.RUnlock()
+		return WriteResult{}, ctx.Err()
+	}
+	select {
+	case o := <-p.res:
+		return o.r, o.err
+	case <-ctx.Done():
+		return WriteResult{}, fmt.Errorf("%w: %w", ErrAbandoned, ctx.Err())
+	}
+}
+
+// Close stops accepting writes, commits every write already handed over,
+// and waits for the writer to finish.
+func (c *Committer) Close() error {
+	c.mu.Lock()
+	if !c.closed {
+		c.closed = true
+		close(c.reqs)
+	}
+	c.mu.Unlock()
+	<-c.done
+	return nil
+}
+
+// Stats returns the cumulative counters.
+func (c *Committer) Stats() CommitterStats {
+	return CommitterStats{Batches: c.batches.Load(), Writes: c.writes.Load(),
+		Failed: c.failed.Load(), MaxBatch: int(c.maxSeen.Load())}
+}
+
+func (c *Committer) run() {
+	defer close(c.done)
+	batch := make([]*pendingWrite, 0, c.cfg.MaxBatch)
+	for {
+		p, ok := <-c.reqs
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], p)
+		// Let callers woken by the previous batch's results queue their
+		// next writes before draining; with nothing runnable this returns
+		// at once, so an idle writer adds no latency.
+		runtime.Gosched()
+		open := c.drain(&batch)
+		c.commit(batch)
+		if !open {
+			return
+		}
+	}
+}
+
+// drain appends every queued write (up to MaxBatch) without blocking.
+// Only the writer goroutine calls it. It reports whether reqs is still open.
+func (c *Committer) drain(batch *[]*pendingWrite) bool {
+	for len(*batch) < c.cfg.MaxBatch {
+		select {
+		case p, ok := <-c.reqs:
+			if !ok {
+				return false
+			}
+			*batch = append(*batch, p)
+		default:
+			return true
+		}
+	}
+	return true
+}
+
+func (c *Committer) commit(batch []*pendingWrite) {
+	ws := make([]SignatureWrite, len(batch))
+	for i, p := range batch {
+		ws[i] = p.w
+	}
+	start := time.Now()
+	rs, err := c.s.CommitSignatures(c.ctx, ws)
+	if err == nil && len(rs) != len(ws) {
+		err = fmt.Errorf("store: CommitSignatures returned %d results for %d writes", len(rs), len(ws))
+	}
+	c.observe(len(batch), time.Since(start), err)
+	if err != nil && len(batch) > 1 && c.ctx.Err() == nil {
+		// One bad write must not fail its neighbours: the transaction rolled
+		// back as a whole, so retry each write on its own.
+		for _, p := range batch {
+			c.commit([]*pendingWrite{p})
+		}
+		return
+	}
+	for i, p := range batch {
+		if err != nil {
+			c.failed.Add(1)
+			p.res <- writeOutcome{err: err}
+			continue
+		}
+		c.writes.Add(1)
+		p.res <- writeOutcome{r: rs[i]}
+	}
+}
+
+func (c *Committer) observe(n int, d time.Duration, err error) {
+	c.batches.Add(1)
+	for {
+		m := c.maxSeen.Load()
+		if int64(n) <= m || c.maxSeen.CompareAndSwap(m, int64(n)) {
+			break
+		}
+	}
+	if c.cfg.Observe != nil {
+		c.cfg.Observe(BatchStats{Size: n, Duration: d, Err: err})
+	}
+}

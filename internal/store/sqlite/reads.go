@@ -1,0 +1,260 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/countersign/countersign/internal/store"
+)
+
+const selectSignatureSQL = `SELECT ` + sigColumns + ` FROM signatures`
+
+type rowScanner interface{ Scan(dest ...any) error }
+
+func scanSignature(r rowScanner) (store.Signature, error) {
+	var sg store.Signature
+	var signedAt int64
+	err := r.Scan(&sg.ID, &sg.TenantID, &sg.IdempotencyKey, &sg.RequestHash, &sg.KeyName, &sg.KeyVersion,
+		&sg.Format, &sg.Algorithm, &sg.AlgorithmOID, &sg.DigestAlgorithm, &sg.DigestOID, &sg.DocumentDigest,
+		&sg.DocumentID, &sg.Signature, &sg.Release, &sg.Instance, &sg.AuditIndex, &signedAt)
+	if err != nil {
+		return store.Signature{}, err
+	}
+	sg.SignedAt = fromMicros(signedAt)
+	return sg, nil
+}
+
+// notFound maps sql.ErrNoRows to store.ErrNotFound.
+func notFound(err error, what string) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("sqlite: %s: %w", what, store.ErrNotFound)
+	}
+	return fmt.Errorf("sqlite: read %s: %w", what, err)
+}
+
+// Tenant returns one tenant.
+func (s *Store) Tenant(ctx context.Context, id string) (store.Tenant, error) {
+	t := store.Tenant{ID: id}
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT name, created_at FROM tenants WHERE id = ?`, id).Scan(&t.Name, &created)
+	if err != nil {
+		return store.Tenant{}, notFound(err, "tenant "+id)
+	}
+	t.CreatedAt = fromMicros(created)
+	return t, nil
+}
+
+// Token returns one API token (revoked ones too: the caller checks).
+func (s *Store) Token(ctx context.Context, id string) (store.Token, error) {
+	t := store.Token{ID: id}
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT tenant_id, secret_hash, created_at, revoked FROM tokens WHERE id = ?`, id).
+		Scan(&t.TenantID, &t.SecretHash, &created, &t.Revoked)
+	if err != nil {
+		return store.Token{}, notFound(err, "token "+id)
+	}
+	t.CreatedAt = fromMicros(created)
+	return t, nil
+}
+
+const selectKeySQL = `SELECT tenant_id, name, version, algorithm, provider_uri, public_key_pem, cert_chain_pem, state, created_at
+	FROM key_versions`
+
+func (s *Store) keys(ctx context.Context, where string, args ...any) ([]store.KeyVersion, error) {
+	rows, err := s.db.QueryContext(ctx, selectKeySQL+" "+where+" ORDER BY name, version", args...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list keys: %w", err)
+	}
+	defer rows.Close()
+	var out []store.KeyVersion
+	for rows.Next() {
+		var kv store.KeyVersion
+		var created int64
+		if err := rows.Scan(&kv.TenantID, &kv.Name, &kv.Version, &kv.Algorithm, &kv.ProviderURI,
+			&kv.PublicKeyPEM, &kv.CertChainPEM, &kv.State, &created); err != nil {
+			return nil, fmt.Errorf("sqlite: list keys: %w", err)
+		}
+		kv.CreatedAt = fromMicros(created)
+		out = append(out, kv)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: list keys: %w", err)
+	}
+	return out, nil
+}
+
+// KeyVersions returns every version of one key, ascending.
+func (s *Store) KeyVersions(ctx context.Context, tenantID, name string) ([]store.KeyVersion, error) {
+	kvs, err := s.keys(ctx, "WHERE tenant_id = ? AND name = ?", tenantID, name)
+	if err != nil {
+		return nil, err
+	}
+	if len(kvs) == 0 {
+		return nil, fmt.Errorf("sqlite: key %s: %w", name, store.ErrNotFound)
+	}
+	return kvs, nil
+}
+
+// ListKeys returns every version of every key of a tenant.
+func (s *Store) ListKeys(ctx context.Context, tenantID string) ([]store.KeyVersion, error) {
+	return s.keys(ctx, "WHERE tenant_id = ?", tenantID)
+}
+
+// Setting returns a setting's value, "" when unset.
+func (s *Store) Setting(ctx context.Context, name string) (string, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = ?`, name).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	} else if err != nil {
+		return "", fmt.Errorf("sqlite: read setting %s: %w", name, err)
+	}
+	return v, nil
+}
+
+// SignatureByIdempotencyKey returns a tenant's signature by idempotency key.
+func (s *Store) SignatureByIdempotencyKey(ctx context.Context, tenantID, key string) (store.Signature, error) {
+	sg, err := scanSignature(s.db.QueryRowContext(ctx, selectSignatureSQL+` WHERE tenant_id = ? AND idempotency_key = ?`, tenantID, key))
+	if err != nil {
+		return store.Signature{}, notFound(err, "signature for idempotency key "+key)
+	}
+	return sg, nil
+}
+
+// Signature returns a tenant's signature by ID.
+func (s *Store) Signature(ctx context.Context, tenantID, id string) (store.Signature, error) {
+	sg, err := scanSignature(s.db.QueryRowContext(ctx, selectSignatureSQL+` WHERE tenant_id = ? AND id = ?`, tenantID, id))
+	if err != nil {
+		return store.Signature{}, notFound(err, "signature "+id)
+	}
+	return sg, nil
+}
+
+// Signatures lists signatures with AuditIndex in [fromIndex, toIndex), all
+// tenants, ascending; limit <= 0 means no limit.
+func (s *Store) Signatures(ctx context.Context, fromIndex, toIndex int64, limit int) ([]store.Signature, error) {
+	if limit <= 0 {
+		limit = -1 // SQLite: no limit
+	}
+	rows, err := s.db.QueryContext(ctx, selectSignatureSQL+` WHERE audit_index >= ? AND audit_index < ? ORDER BY audit_index LIMIT ?`,
+		fromIndex, toIndex, limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list signatures: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Signature
+	for rows.Next() {
+		sg, err := scanSignature(rows)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: list signatures: %w", err)
+		}
+		out = append(out, sg)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: list signatures: %w", err)
+	}
+	return out, nil
+}
+
+// AuditSize is the number of committed audit events.
+func (s *Store) AuditSize(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("sqlite: audit size: %w", err)
+	}
+	return n, nil
+}
+
+// AuditEvents returns events with Index in [from, from+n), ascending.
+func (s *Store) AuditEvents(ctx context.Context, from, n int64) ([]store.AuditEvent, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT idx, time, type, actor, tenant_id, release, instance, subject, entry
+		FROM audit_events WHERE idx >= ? AND idx < ? ORDER BY idx`, from, from+n)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read audit events: %w", err)
+	}
+	defer rows.Close()
+	var out []store.AuditEvent
+	for rows.Next() {
+		var ev store.AuditEvent
+		var t int64
+		if err := rows.Scan(&ev.Index, &t, &ev.Type, &ev.Actor, &ev.TenantID, &ev.Release, &ev.Instance,
+			&ev.Subject, &ev.Entry); err != nil {
+			return nil, fmt.Errorf("sqlite: read audit events: %w", err)
+		}
+		ev.Time = fromMicros(t)
+		out = append(out, ev)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read audit events: %w", err)
+	}
+	return out, nil
+}
+
+// TreeHashes returns the hashes at indexes, in the order asked.
+func (s *Store) TreeHashes(ctx context.Context, indexes []int64) ([][32]byte, error) {
+	if len(indexes) == 0 {
+		return nil, nil
+	}
+	found := make(map[int64][32]byte, len(indexes))
+	const chunk = 500 // well under SQLite's bound-parameter limit
+	for start := 0; start < len(indexes); start += chunk {
+		part := indexes[start:min(start+chunk, len(indexes))]
+		if err := s.readHashes(ctx, part, found); err != nil {
+			return nil, err
+		}
+	}
+	return store.OrderHashes(indexes, found)
+}
+
+func (s *Store) readHashes(ctx context.Context, indexes []int64, found map[int64][32]byte) error {
+	args := make([]any, len(indexes))
+	for i, x := range indexes {
+		args[i] = x
+	}
+	q := `SELECT idx, hash FROM tree_hashes WHERE idx IN (?` + strings.Repeat(", ?", len(indexes)-1) + `)`
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("sqlite: read tree hashes: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var idx int64
+		var h []byte
+		if err := rows.Scan(&idx, &h); err != nil {
+			return fmt.Errorf("sqlite: read tree hashes: %w", err)
+		}
+		if len(h) != 32 {
+			return fmt.Errorf("sqlite: tree hash %d has %d bytes", idx, len(h))
+		}
+		found[idx] = [32]byte(h)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sqlite: read tree hashes: %w", err)
+	}
+	return nil
+}
+
+// TreeSize returns the integrated Merkle tree size.
+func (s *Store) TreeSize(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.db.QueryRowContext(ctx, `SELECT size FROM tree_state WHERE id = 1`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("sqlite: tree size: %w", err)
+	}
+	return n, nil
+}
+
+// LatestCheckpoint returns the checkpoint of the largest tree stored.
+func (s *Store) LatestCheckpoint(ctx context.Context) (store.Checkpoint, error) {
+	var c store.Checkpoint
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT size, note, created_at FROM checkpoints ORDER BY size DESC, id DESC LIMIT 1`).
+		Scan(&c.Size, &c.Note, &created)
+	if err != nil {
+		return store.Checkpoint{}, notFound(err, "checkpoint")
+	}
+	c.CreatedAt = fromMicros(created)
+	return c, nil
+}

@@ -1,0 +1,196 @@
+// Package sqlite is the embedded store backend: one SQLite file in WAL mode
+// (modernc.org/sqlite, pure Go), which several node processes may open at
+// once.
+//
+// Invariant: every write runs in a BEGIN IMMEDIATE transaction, which holds
+// the database's single write lock from its first statement to its commit,
+// across processes; audit indexes are read (MAX(idx)+1) and written under
+// that lock, so they are gap-free and in commit order. With the default
+// synchronous=FULL a commit returns only after the WAL is fsynced: a write
+// reported as committed survives power loss.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/countersign/countersign/internal/store"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// Migrations returns the embedded migrations of the SQLite dialect.
+func Migrations() ([]store.Migration, error) { return store.LoadMigrations(migrationFS, "migrations") }
+
+// Store is a store.Store on one SQLite file.
+type Store struct {
+	db   *sql.DB
+	path string
+	// wmu serialises this process's writers so they queue in Go instead of
+	// sleeping in SQLite's busy handler; other processes are serialised by
+	// the IMMEDIATE lock itself.
+	wmu sync.Mutex
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database file at path, applies
+// pending migrations if opts.Migrate, and refuses, with an error wrapping
+// store.ErrSchema, a database outside opts' schema range.
+func Open(ctx context.Context, path string, opts store.Options) (*Store, error) {
+	dsn, err := dsn(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	n := opts.MaxConns
+	if n <= 0 {
+		n = 8
+	}
+	db.SetMaxOpenConns(n)
+	db.SetMaxIdleConns(n)
+	s := &Store{db: db, path: path}
+	if err := s.prepare(ctx, opts); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func dsn(path string, opts store.Options) (string, error) {
+	if path == "" || strings.ContainsAny(path, "?#") {
+		return "", fmt.Errorf("sqlite: invalid database path %q", path)
+	}
+	sync := strings.ToUpper(opts.Synchronous)
+	switch sync {
+	case "":
+		sync = store.SyncFull
+	case store.SyncFull, store.SyncNormal:
+	default:
+		return "", fmt.Errorf("sqlite: synchronous must be %s or %s, not %q", store.SyncFull, store.SyncNormal, opts.Synchronous)
+	}
+	busy := opts.BusyTimeout
+	if busy <= 0 {
+		busy = 10 * time.Second
+	}
+	q := url.Values{}
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busy.Milliseconds()))
+	q.Add("_pragma", "synchronous("+sync+")")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Set("_txlock", "immediate")
+	return path + "?" + q.Encode(), nil
+}
+
+func (s *Store) prepare(ctx context.Context, opts store.Options) error {
+	ms, err := Migrations()
+	if err != nil {
+		return err
+	}
+	if _, err := store.PrepareSchema(ctx, migrator{s}, ms, opts); err != nil {
+		return fmt.Errorf("sqlite: %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Ping checks that the database answers a query.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.db.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+		return fmt.Errorf("sqlite: ping: %w", err)
+	}
+	return nil
+}
+
+// SchemaVersion reports the highest applied migration.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) { return migrator{s}.Version(ctx) }
+
+// DB exposes the underlying handle for tests and operator tooling.
+func (s *Store) DB() *sql.DB { return s.db }
+
+type migrator struct{ s *Store }
+
+func (m migrator) Version(ctx context.Context) (int, error) {
+	var n int
+	err := m.s.db.QueryRowContext(ctx,
+		"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: read schema version: %w", err)
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	var v int
+	if err := m.s.db.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").Scan(&v); err != nil {
+		return 0, fmt.Errorf("sqlite: read schema version: %w", err)
+	}
+	return v, nil
+}
+
+func (m migrator) Apply(ctx context.Context, mig store.Migration) error {
+	return m.s.write(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+			version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`); err != nil {
+			return err
+		}
+		var v int
+		if err := tx.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").Scan(&v); err != nil {
+			return err
+		}
+		if v >= mig.Version {
+			return nil // applied by a concurrent migrator
+		}
+		if v != mig.Version-1 {
+			return fmt.Errorf("database is at version %d, cannot apply %d", v, mig.Version)
+		}
+		if _, err := tx.ExecContext(ctx, mig.SQL); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+			mig.Version, mig.Name, time.Now().UnixMicro())
+		return err
+	})
+}
+
+// write runs fn in one IMMEDIATE transaction and commits it.
+func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		return errors.Join(err, rollback(tx))
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: commit: %w", err)
+	}
+	return nil
+}
+
+func rollback(tx *sql.Tx) error {
+	if err := tx.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
+		return fmt.Errorf("sqlite: rollback: %w", err)
+	}
+	return nil
+}
+
+func micros(t time.Time) int64     { return t.UnixMicro() }
+func fromMicros(v int64) time.Time { return time.UnixMicro(v).UTC() }
