@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/countersign/countersign/client"
+	"github.com/countersign/countersign/internal/bench"
+	"github.com/countersign/countersign/internal/keys"
+)
+
+func init() {
+	register("bench", "measure signing throughput against the raw crypto limit", runBench)
+}
+
+// benchReport is what `bench sign --json` prints.
+type benchReport struct {
+	Server        string            `json:"server"`
+	Key           string            `json:"key"`
+	Algorithm     string            `json:"algorithm"`
+	Format        string            `json:"format"`
+	Batch         int               `json:"batch"`
+	Concurrency   int               `json:"concurrency"`
+	DurationS     float64           `json:"duration_s"`
+	Signatures    int64             `json:"signatures"`
+	Failed        int64             `json:"failed"`
+	OpsPerS       float64           `json:"ops_per_s"`
+	P50Ms         float64           `json:"p50_ms"`
+	P99Ms         float64           `json:"p99_ms"`
+	ServerCPUUs   float64           `json:"server_cpu_per_sig_us,omitempty"`
+	Limit         bench.CryptoLimit `json:"crypto_limit"`
+	RatioParallel float64           `json:"ratio_to_parallel_limit"`
+	RatioCPU      float64           `json:"server_cpu_ratio_to_crypto,omitempty"`
+	Machine       map[string]string `json:"machine"`
+	FirstError    string            `json:"first_error,omitempty"`
+}
+
+func runBench(ctx context.Context, env *cliEnv, args []string) error {
+	if len(args) == 0 || args[0] != "sign" {
+		return usageError("usage: countersign bench sign --server URL --token-file F --key K [flags]")
+	}
+	fs := newFlagSet(env, "bench sign", "--server URL --token-file F --key K [flags]")
+	server := fs.String("server", "http://127.0.0.1:7300", "node or gateway URL")
+	tokenFile := fs.String("token-file", "", "file holding the API token (or env COUNTERSIGN_TOKEN)")
+	key := fs.String("key", "default", "key name")
+	format := fs.String("format", "raw", "cms | jws | raw")
+	conc := fs.Int("concurrency", 64, "concurrent closed-loop clients")
+	dur := fs.Duration("duration", 10*time.Second, "how long to apply load")
+	batch := fs.Int("batch", 0, "items per POST /v1/sign:batch (0: single POST /v1/sign)")
+	docSize := fs.Int("doc-size", 256, "document size in bytes")
+	limitDur := fs.Duration("crypto-duration", 2*time.Second, "how long to measure the raw crypto limit (each of single and all cores)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	token, err := readToken(env, *tokenFile)
+	if err != nil {
+		return err
+	}
+	c, err := client.New(*server, token)
+	if err != nil {
+		return err
+	}
+	kinfo, err := c.Key(ctx, *key)
+	if err != nil {
+		return fmt.Errorf("look up key %q: %w", *key, err)
+	}
+	alg := kinfo.Versions[len(kinfo.Versions)-1].Algorithm
+	doc := make([]byte, *docSize)
+	for i := range doc {
+		doc[i] = byte('a' + i%26)
+	}
+	// Warm up connections and the server's key cache.
+	if _, err := c.Sign(ctx, client.SignRequest{Key: *key, Format: client.Format(*format), Document: doc}); err != nil {
+		return fmt.Errorf("warm-up sign: %w", err)
+	}
+	cpu0, sig0, cpuOK := scrapeServer(ctx, *server)
+	var lat bench.Latencies
+	run := fmt.Sprintf("%x", time.Now().UnixNano())
+	ok, failed, firstErr, elapsed := bench.Load(ctx, *conc, *dur, &lat, func(ctx context.Context, w int, seq int64) error {
+		if *batch > 0 {
+			req := &client.BatchSignRequest{Items: make([]client.BatchSignItem, *batch)}
+			for i := range req.Items {
+				req.Items[i] = client.BatchSignItem{IdempotencyKey: fmt.Sprintf("bench-%s-%d-%d", run, seq, i),
+					SignRequest: client.SignRequest{Key: *key, Format: client.Format(*format), Document: doc}}
+			}
+			resp, err := c.SignBatch(ctx, req)
+			if err != nil {
+				return err
+			}
+			for _, r := range resp.Results {
+				if r.Problem != nil {
+					return r.Problem
+				}
+			}
+			return nil
+		}
+		_, err := c.Sign(ctx, client.SignRequest{Key: *key, Format: client.Format(*format), Document: doc},
+			client.WithIdempotencyKey(fmt.Sprintf("bench-%s-%d", run, seq)))
+		return err
+	})
+	cpu1, sig1, cpuOK2 := scrapeServer(context.WithoutCancel(ctx), *server)
+	perReq := int64(max(*batch, 1))
+	rep := benchReport{Server: *server, Key: *key, Algorithm: alg, Format: *format, Batch: *batch, Concurrency: *conc,
+		DurationS: elapsed.Seconds(), Signatures: ok * perReq, Failed: failed,
+		OpsPerS: float64(ok*perReq) / elapsed.Seconds(),
+		P50Ms:   float64(lat.Quantile(0.50)) / 1e6, P99Ms: float64(lat.Quantile(0.99)) / 1e6,
+		Machine: machine()}
+	if firstErr != nil {
+		rep.FirstError = firstErr.Error()
+	}
+	if cpuOK && cpuOK2 && sig1 > sig0 {
+		rep.ServerCPUUs = (cpu1 - cpu0) / (sig1 - sig0) * 1e6
+	}
+	a, err := keys.ParseAlgorithm(alg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stderr, "measuring the raw %s signing limit (%v single core, %v all cores)...\n", alg, *limitDur, *limitDur)
+	rep.Limit, err = bench.MeasureCryptoLimit(a, *limitDur)
+	if err != nil {
+		return err
+	}
+	rep.RatioParallel = rep.OpsPerS / rep.Limit.AllCores
+	if rep.ServerCPUUs > 0 {
+		rep.RatioCPU = rep.ServerCPUUs / rep.Limit.CPUPerOpMicro
+	}
+	if *asJSON {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		fmt.Fprintln(env.stdout, string(b))
+		return nil
+	}
+	w := env.stdout
+	fmt.Fprintf(w, "server        %s (key %s, %s, format %s, batch %d)\n", rep.Server, rep.Key, rep.Algorithm, rep.Format, rep.Batch)
+	fmt.Fprintf(w, "load          %d concurrent clients for %.1fs\n", rep.Concurrency, rep.DurationS)
+	fmt.Fprintf(w, "signatures    %d ok, %d failed\n", rep.Signatures, rep.Failed)
+	fmt.Fprintf(w, "throughput    %.0f signatures/s\n", rep.OpsPerS)
+	fmt.Fprintf(w, "latency       p50 %.2f ms, p99 %.2f ms (per request)\n", rep.P50Ms, rep.P99Ms)
+	fmt.Fprintf(w, "crypto limit  %.0f/s single core, %.0f/s on %d cores (%.1f µs CPU per signature)\n", rep.Limit.SingleCore, rep.Limit.AllCores, rep.Limit.Cores, rep.Limit.CPUPerOpMicro)
+	fmt.Fprintf(w, "ratio         %.1f%% of the parallel crypto limit\n", rep.RatioParallel*100)
+	if rep.ServerCPUUs > 0 {
+		fmt.Fprintf(w, "server CPU    %.1f µs per durable signature = %.2f× the signature's own CPU\n", rep.ServerCPUUs, rep.RatioCPU)
+	} else {
+		fmt.Fprintf(w, "server CPU    not available (could not read the server's /metrics)\n")
+	}
+	if rep.FirstError != "" {
+		fmt.Fprintf(w, "first error   %s\n", rep.FirstError)
+	}
+	return nil
+}
+
+// scrapeServer reads process CPU seconds and committed signatures from the
+// server's Prometheus endpoint.
+func scrapeServer(ctx context.Context, base string) (cpu, sigs float64, ok bool) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/metrics", nil)
+	if err != nil {
+		return 0, 0, false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, 0, false
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, 0, false
+	}
+	var haveCPU bool
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		name, val, found := strings.Cut(line, " ")
+		if !found || strings.HasPrefix(line, "#") {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case name == "process_cpu_seconds_total":
+			cpu, haveCPU = v, true
+		case strings.HasPrefix(name, "countersign_signatures_total"):
+			sigs += v
+		}
+	}
+	return cpu, sigs, haveCPU
+}
+
+func machine() map[string]string {
+	m := map[string]string{"goos": runtime.GOOS, "goarch": runtime.GOARCH, "cpus": strconv.Itoa(runtime.NumCPU()), "go": runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				if _, v, ok := strings.Cut(l, ":"); ok {
+					m["cpu"] = strings.TrimSpace(v)
+				}
+				break
+			}
+		}
+	}
+	return m
+}

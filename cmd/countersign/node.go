@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/countersign/countersign/internal/auditlog"
+	"github.com/countersign/countersign/internal/install"
+	"github.com/countersign/countersign/internal/node"
+	"github.com/countersign/countersign/internal/store"
+)
+
+func init() {
+	register("node", "serve the signing API (the data plane)", runNode)
+}
+
+func runNode(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlagSet(env, "node", "--data DIR --listen ADDR [flags]")
+	data := fs.String("data", "./data", "data directory made by `countersign init`")
+	listen := fs.String("listen", "127.0.0.1:7300", "address to serve the API on")
+	release := fs.String("release", envOr(env, "COUNTERSIGN_RELEASE", "dev"), "release id stamped on every signature (env COUNTERSIGN_RELEASE)")
+	instance := fs.String("instance", env.getenv("COUNTERSIGN_INSTANCE"), "instance id stamped on every signature (default host-pid; env COUNTERSIGN_INSTANCE)")
+	storeURL := fs.String("store", "", "override the data directory's store URL")
+	migrate := fs.Bool("migrate", false, "apply pending store migrations before serving")
+	schemaMin := fs.Int("schema-min", 0, "lowest store schema version this release runs against (default: the binary's)")
+	schemaMax := fs.Int("schema-max", 0, "highest store schema version this release runs against (default: the binary's)")
+	integrate := fs.Bool("integrate", true, "integrate the audit log and sign checkpoints (turn off when another process does, e.g. under `countersign up`)")
+	maxDoc := fs.Int64("max-document-bytes", node.DefaultMaxDocumentBytes, "largest document accepted")
+	drill := fs.Bool("drill", false, "drill mode: allows --fault; never use in production")
+	fault := fs.String("fault", "", "drill fault scenario to inject (needs --drill): invalid-signatures | metadata-drift | hsm-timeouts | partial-persist")
+	faultRate := fs.Float64("fault-rate", 1, "fraction of requests the fault affects")
+	logLevel := fs.String("log-level", "info", "debug | info | warn | error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return usageError("--log-level: %v", err)
+	}
+	logger := slog.New(slog.NewJSONHandler(env.stderr, &slog.HandlerOptions{Level: lvl}))
+	var faults *node.Faults
+	if *fault != "" {
+		if !*drill {
+			return usageError("--fault is honoured only with --drill")
+		}
+		var err error
+		if faults, err = node.NewFaults(*fault, *faultRate, uint64(time.Now().UnixNano())); err != nil {
+			return usageError("%v", err)
+		}
+		logger = logger.With(slog.String("drill_fault", *fault), slog.Bool("drill", true))
+	}
+
+	inst, err := install.Open(ctx, *data, install.OpenOptions{Migrate: *migrate, SchemaMin: *schemaMin, SchemaMax: *schemaMax,
+		StoreURL: *storeURL, Release: *release, Instance: *instance, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer inst.Close()
+
+	// Fork protection: refuse to write onto a tree that is not consistent
+	// with the checkpoints this installation has signed.
+	if err := auditlog.CheckFork(ctx, inst.Store, inst.HistoryPath()); err != nil {
+		return err
+	}
+
+	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRun()
+	committer := store.NewCommitter(runCtx, inst.Store, store.CommitterConfig{})
+	integrated := make(chan error, 1)
+	var integrator *auditlog.Integrator
+	if *integrate {
+		signer, err := inst.NoteSigner(ctx)
+		if err != nil {
+			return err
+		}
+		integrator, err = auditlog.NewIntegrator(inst.Store, auditlog.Config{Signer: signer, HistoryPath: inst.HistoryPath(), Logger: logger})
+		if err != nil {
+			return err
+		}
+		go func() { integrated <- integrator.Run(runCtx) }()
+	}
+
+	srv, err := node.New(node.Config{
+		Store: inst.Store, Committer: committer, Keys: inst.Keys,
+		Release: *release, Instance: *instance, MaxDocumentBytes: *maxDoc,
+		Faults: faults, Logger: logger,
+		Extra: map[string]http.Handler{auditlog.PathPrefix: auditlog.Handler(inst.Store, logger)},
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	logger.Info("countersign node serving", slog.String("addr", ln.Addr().String()), slog.String("data", *data), slog.Int("pid", os.Getpid()))
+	fmt.Fprintf(env.stdout, "countersign node listening on http://%s (release %s)\n", ln.Addr(), *release)
+
+	select {
+	case err := <-served:
+		return err
+	case err := <-integrated:
+		// A fork detected while running: stop taking writes at once.
+		hs.Close()
+		return fmt.Errorf("audit log integration stopped: %w", err)
+	case <-ctx.Done():
+	}
+	// Drain: stop accepting, let in-flight requests finish (their commits
+	// included), then flush the committer and sign a last checkpoint.
+	logger.Info("draining: no new requests, finishing in-flight ones")
+	shCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	shutdownErr := hs.Shutdown(shCtx)
+	closeErr := committer.Close()
+	if integrator != nil {
+		if _, err := integrator.IntegrateOnce(shCtx); err != nil && !errors.Is(err, auditlog.ErrNoCheckpoint) {
+			logger.Error("final audit integration failed", slog.Any("err", err))
+		}
+	}
+	cancelRun()
+	logger.Info("stopped")
+	return errors.Join(shutdownErr, closeErr)
+}
+
+func envOr(env *cliEnv, name, def string) string {
+	if v := env.getenv(name); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,56 @@
+package node
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are per Server (own registry), so several servers can live in one
+// test process.
+type metrics struct {
+	reg        *prometheus.Registry
+	requests   *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+	signatures *prometheus.CounterVec
+	replays    prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "countersign_http_requests_total", Help: "HTTP requests by route and status.",
+		}, []string{"route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "countersign_http_request_duration_seconds",
+			Help:    "HTTP request latency by route.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"route"}),
+		signatures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "countersign_signatures_total", Help: "Signatures committed by format and algorithm.",
+		}, []string{"format", "algorithm"}),
+		replays: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "countersign_idempotent_replays_total", Help: "Requests answered from a stored response.",
+		}),
+	}
+	m.reg.MustRegister(m.requests, m.latency, m.signatures, m.replays,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) observe(route string, code int, d time.Duration) {
+	if code == 0 {
+		code = http.StatusOK
+	}
+	m.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+	m.latency.WithLabelValues(route).Observe(d.Seconds())
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
