@@ -178,4 +178,21 @@ type Store interface {
 	TreeSize(ctx context.Context) (int64, error)                                   // integrated size
 	PutCheckpoint(ctx context.Context, c Checkpoint) error
 	LatestCheckpoint(ctx context.Context) (Checkpoint, error) // ErrNotFound if none
+	// TreeHashRange returns the stored hashes at storage indexes [from, to),
+	// ascending; ErrNotFound if any is missing.
+	TreeHashRange(ctx context.Context, from, to int64) ([][32]byte, error)
+
+	// Tenants lists every tenant, in creation order.
+	Tenants(ctx context.Context) ([]Tenant, error)
+	// SignatureByID returns a signature by its ID, whatever its tenant (IDs
+	// are unique across tenants): for operators, reconciliation, evidence.
+	SignatureByID(ctx context.Context, id string) (Signature, error)
+	// SignaturesByRelease lists the signatures a release made with SignedAt
+	// in [from, to), all tenants, ascending by ID and starting after the ID
+	// after ("" for the first page); limit <= 0 means no limit.
+	SignaturesByRelease(ctx context.Context, release string, from, to time.Time, limit int, after string) ([]Signature, error)
+
+	JobStore
+	JournalStore
+	IncidentStore
 }

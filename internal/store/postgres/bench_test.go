@@ -15,3 +15,7 @@ func benchOpen(b *testing.B) store.Store {
 func BenchmarkCommitSignatures(b *testing.B) { storetest.BenchmarkCommitSignatures(b, benchOpen) }
 
 func BenchmarkCommitter(b *testing.B) { storetest.BenchmarkCommitter(b, benchOpen) }
+
+func BenchmarkAppendEvents(b *testing.B) { storetest.BenchmarkAppendEvents(b, benchOpen) }
+
+func BenchmarkPutTreeHashes(b *testing.B) { storetest.BenchmarkPutTreeHashes(b, benchOpen) }

@@ -11,6 +11,8 @@ import (
 )
 
 // CommitSignatures writes the batch in one transaction; see store.Store.
+// A key held by an unsigned async job fails the batch with
+// store.ErrIdempotencyTaken (the Committer retries the others one by one).
 //
 // Under the audit head lock it loads, in one query, the signatures that
 // already hold any of the batch's idempotency keys (no other writer can add
@@ -27,6 +29,10 @@ func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite)
 		if err != nil {
 			return 0, err
 		}
+		jobs, err := jobKeys(ctx, tx, ws)
+		if err != nil {
+			return 0, err
+		}
 		var sa sigArgs
 		var ea eventArgs
 		firstInBatch := make(map[idemKey]int, len(ws))
@@ -36,6 +42,9 @@ func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite)
 			if ex, ok := existing[k]; ok {
 				res[i] = store.WriteResult{Existing: &ex}
 				continue
+			}
+			if jobID, ok := jobs[k]; ok {
+				return 0, store.TakenByJobError(k.tenant, k.key, jobID)
 			}
 			if j, ok := firstInBatch[k]; ok {
 				ex := ws[j].Signature
@@ -107,6 +116,34 @@ func existingSignatures(ctx context.Context, tx pgx.Tx, ws []store.SignatureWrit
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("postgres: look up idempotency keys: %w", err)
+	}
+	return out, nil
+}
+
+// jobKeys returns the jobs holding any of the batch's keys, by key.
+func jobKeys(ctx context.Context, tx pgx.Tx, ws []store.SignatureWrite) (map[idemKey]string, error) {
+	tenants := make([]string, len(ws))
+	keys := make([]string, len(ws))
+	for i, w := range ws {
+		tenants[i], keys[i] = w.Signature.TenantID, w.Signature.IdempotencyKey
+	}
+	rows, err := tx.Query(ctx, `SELECT tenant_id, idempotency_key, id FROM jobs WHERE (tenant_id, idempotency_key) IN
+		(SELECT * FROM unnest($1::text[], $2::text[]))`, tenants, keys)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: look up job idempotency keys: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[idemKey]string)
+	for rows.Next() {
+		var k idemKey
+		var id string
+		if err := rows.Scan(&k.tenant, &k.key, &id); err != nil {
+			return nil, fmt.Errorf("postgres: look up job idempotency keys: %w", err)
+		}
+		out[k] = id
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: look up job idempotency keys: %w", err)
 	}
 	return out, nil
 }

@@ -160,6 +160,39 @@ func (s *Store) write(ctx context.Context, fn func(tx pgx.Tx, next int64) (int64
 
 func micros(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
 
+// nullTime stores a zero time as NULL.
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return micros(t)
+}
+
+// fromNullTime reads a nullable timestamptz; NULL is the zero time.
+func fromNullTime(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
+// collect scans every row with scan and closes rows.
+func collect[T any](rows pgx.Rows, what string, scan func(pgx.Row) (T, error)) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: list %s: %w", what, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: list %s: %w", what, err)
+	}
+	return out, nil
+}
+
 func notFound(err error, what string) error {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("postgres: %s: %w", what, store.ErrNotFound)

@@ -232,3 +232,76 @@ func (s *Store) LatestCheckpoint(ctx context.Context) (store.Checkpoint, error) 
 	c.CreatedAt = c.CreatedAt.UTC()
 	return c, nil
 }
+
+// Tenants lists every tenant in creation order.
+func (s *Store) Tenants(ctx context.Context) ([]store.Tenant, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, name, created_at FROM tenants ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list tenants: %w", err)
+	}
+	return collect(rows, "tenants", func(r pgx.Row) (store.Tenant, error) {
+		var t store.Tenant
+		err := r.Scan(&t.ID, &t.Name, &t.CreatedAt)
+		t.CreatedAt = t.CreatedAt.UTC()
+		return t, err
+	})
+}
+
+// SignatureByID returns a signature by ID, whatever its tenant.
+func (s *Store) SignatureByID(ctx context.Context, id string) (store.Signature, error) {
+	sg, err := scanSignature(s.pool.QueryRow(ctx, selectSignatureSQL+` WHERE id = $1`, id))
+	if err != nil {
+		return store.Signature{}, notFound(err, "signature "+id)
+	}
+	return sg, nil
+}
+
+// SignaturesByRelease lists a release's signatures signed in [from, to),
+// ascending by ID after the ID after. IDs compare bytewise (COLLATE "C",
+// as in SQLite) so pages do not depend on the database's locale.
+func (s *Store) SignaturesByRelease(ctx context.Context, release string, from, to time.Time, limit int, after string) ([]store.Signature, error) {
+	var lim *int
+	if limit > 0 {
+		lim = &limit
+	}
+	rows, err := s.pool.Query(ctx, selectSignatureSQL+` WHERE release = $1 AND id COLLATE "C" > $2 AND signed_at >= $3 AND signed_at < $4
+		ORDER BY id COLLATE "C" LIMIT $5`, release, after, micros(from), micros(to), lim)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list signatures of release %s: %w", release, err)
+	}
+	return collect(rows, "signatures", scanSignature)
+}
+
+// TreeHashRange returns the hashes at storage indexes [from, to).
+func (s *Store) TreeHashRange(ctx context.Context, from, to int64) ([][32]byte, error) {
+	if to <= from {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT idx, hash FROM tree_hashes WHERE idx >= $1 AND idx < $2 ORDER BY idx`, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read tree hashes: %w", err)
+	}
+	defer rows.Close()
+	out := make([][32]byte, 0, min(to-from, 1<<16))
+	for rows.Next() {
+		var idx int64
+		var h []byte
+		if err := rows.Scan(&idx, &h); err != nil {
+			return nil, fmt.Errorf("postgres: read tree hashes: %w", err)
+		}
+		if want := from + int64(len(out)); idx != want {
+			return nil, fmt.Errorf("postgres: tree hash at storage index %d: %w", want, store.ErrNotFound)
+		}
+		if len(h) != 32 {
+			return nil, fmt.Errorf("postgres: tree hash %d has %d bytes", idx, len(h))
+		}
+		out = append(out, [32]byte(h))
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: read tree hashes: %w", err)
+	}
+	if int64(len(out)) != to-from {
+		return nil, fmt.Errorf("postgres: tree hash at storage index %d: %w", from+int64(len(out)), store.ErrNotFound)
+	}
+	return out, nil
+}

@@ -62,10 +62,11 @@ func insertEvents(ctx context.Context, tx pgx.Tx, a *eventArgs) error {
 	return nil
 }
 
-// writeWithEvent runs fn and appends ev in the same transaction.
-func (s *Store) writeWithEvent(ctx context.Context, ev store.AuditEvent, fn func(tx pgx.Tx) error) error {
+// writeWithEvent runs fn with the index ev will get and appends ev at it,
+// in the same transaction.
+func (s *Store) writeWithEvent(ctx context.Context, ev store.AuditEvent, fn func(tx pgx.Tx, idx int64) error) error {
 	return s.write(ctx, func(tx pgx.Tx, next int64) (int64, error) {
-		if err := fn(tx); err != nil {
+		if err := fn(tx, next); err != nil {
 			return 0, err
 		}
 		var a eventArgs
@@ -98,7 +99,7 @@ func nz(b []byte) []byte {
 
 // CreateTenant inserts a tenant and its audit event.
 func (s *Store) CreateTenant(ctx context.Context, t store.Tenant, ev store.AuditEvent) error {
-	return s.writeWithEvent(ctx, ev, func(tx pgx.Tx) error {
+	return s.writeWithEvent(ctx, ev, func(tx pgx.Tx, _ int64) error {
 		return insertNew(ctx, tx, "tenant "+t.ID, `INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
 			t.ID, t.Name, micros(t.CreatedAt))
 	})
@@ -106,7 +107,7 @@ func (s *Store) CreateTenant(ctx context.Context, t store.Tenant, ev store.Audit
 
 // CreateToken inserts an API token and its audit event.
 func (s *Store) CreateToken(ctx context.Context, t store.Token, ev store.AuditEvent) error {
-	return s.writeWithEvent(ctx, ev, func(tx pgx.Tx) error {
+	return s.writeWithEvent(ctx, ev, func(tx pgx.Tx, _ int64) error {
 		return insertNew(ctx, tx, "token "+t.ID,
 			`INSERT INTO tokens (id, tenant_id, secret_hash, created_at, revoked) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`,
 			t.ID, t.TenantID, nz(t.SecretHash), micros(t.CreatedAt), t.Revoked)
@@ -118,7 +119,7 @@ func (s *Store) PutKeyVersion(ctx context.Context, kv store.KeyVersion, ev store
 	if err := store.CheckKeyState(kv.State); err != nil {
 		return err
 	}
-	return s.writeWithEvent(ctx, ev, func(tx pgx.Tx) error {
+	return s.writeWithEvent(ctx, ev, func(tx pgx.Tx, _ int64) error {
 		var last int
 		if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM key_versions WHERE tenant_id = $1 AND name = $2`,
 			kv.TenantID, kv.Name).Scan(&last); err != nil {
@@ -139,7 +140,7 @@ func (s *Store) SetKeyState(ctx context.Context, tenantID, name string, version 
 	if err := store.CheckKeyState(state); err != nil {
 		return err
 	}
-	return s.writeWithEvent(ctx, ev, func(tx pgx.Tx) error {
+	return s.writeWithEvent(ctx, ev, func(tx pgx.Tx, _ int64) error {
 		var cur string
 		err := tx.QueryRow(ctx, `SELECT state FROM key_versions WHERE tenant_id = $1 AND name = $2 AND version = $3 FOR UPDATE`,
 			tenantID, name, version).Scan(&cur)
@@ -159,7 +160,7 @@ func (s *Store) SetKeyState(ctx context.Context, tenantID, name string, version 
 
 // SetSetting writes an installation-wide setting and its audit event.
 func (s *Store) SetSetting(ctx context.Context, name, value string, ev store.AuditEvent) error {
-	return s.writeWithEvent(ctx, ev, func(tx pgx.Tx) error {
+	return s.writeWithEvent(ctx, ev, func(tx pgx.Tx, _ int64) error {
 		_, err := tx.Exec(ctx, `INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3)
 			ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
 			name, value, micros(ev.Time))

@@ -31,3 +31,13 @@ func BenchmarkCommitter(b *testing.B) {
 		b.Run("sync="+sync, func(b *testing.B) { storetest.BenchmarkCommitter(b, benchOpen(sync)) })
 	}
 }
+
+func BenchmarkAppendEvents(b *testing.B) {
+	for _, sync := range []string{store.SyncFull, store.SyncNormal} {
+		b.Run("sync="+sync, func(b *testing.B) { storetest.BenchmarkAppendEvents(b, benchOpen(sync)) })
+	}
+}
+
+func BenchmarkPutTreeHashes(b *testing.B) {
+	storetest.BenchmarkPutTreeHashes(b, benchOpen(store.SyncFull))
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/countersign/countersign/internal/store"
 )
@@ -39,7 +40,7 @@ func notFound(err error, what string) error {
 func (s *Store) Tenant(ctx context.Context, id string) (store.Tenant, error) {
 	t := store.Tenant{ID: id}
 	var created int64
-	err := s.db.QueryRowContext(ctx, `SELECT name, created_at FROM tenants WHERE id = ?`, id).Scan(&t.Name, &created)
+	err := s.queryRow(ctx, `SELECT name, created_at FROM tenants WHERE id = ?`, id).Scan(&t.Name, &created)
 	if err != nil {
 		return store.Tenant{}, notFound(err, "tenant "+id)
 	}
@@ -51,7 +52,7 @@ func (s *Store) Tenant(ctx context.Context, id string) (store.Tenant, error) {
 func (s *Store) Token(ctx context.Context, id string) (store.Token, error) {
 	t := store.Token{ID: id}
 	var created int64
-	err := s.db.QueryRowContext(ctx, `SELECT tenant_id, secret_hash, created_at, revoked FROM tokens WHERE id = ?`, id).
+	err := s.queryRow(ctx, `SELECT tenant_id, secret_hash, created_at, revoked FROM tokens WHERE id = ?`, id).
 		Scan(&t.TenantID, &t.SecretHash, &created, &t.Revoked)
 	if err != nil {
 		return store.Token{}, notFound(err, "token "+id)
@@ -64,7 +65,7 @@ const selectKeySQL = `SELECT tenant_id, name, version, algorithm, provider_uri, 
 	FROM key_versions`
 
 func (s *Store) keys(ctx context.Context, where string, args ...any) ([]store.KeyVersion, error) {
-	rows, err := s.db.QueryContext(ctx, selectKeySQL+" "+where+" ORDER BY name, version", args...)
+	rows, err := s.query(ctx, selectKeySQL+" "+where+" ORDER BY name, version", args...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list keys: %w", err)
 	}
@@ -106,7 +107,7 @@ func (s *Store) ListKeys(ctx context.Context, tenantID string) ([]store.KeyVersi
 // Setting returns a setting's value, "" when unset.
 func (s *Store) Setting(ctx context.Context, name string) (string, error) {
 	var v string
-	err := s.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = ?`, name).Scan(&v)
+	err := s.queryRow(ctx, `SELECT value FROM settings WHERE name = ?`, name).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	} else if err != nil {
@@ -117,7 +118,7 @@ func (s *Store) Setting(ctx context.Context, name string) (string, error) {
 
 // SignatureByIdempotencyKey returns a tenant's signature by idempotency key.
 func (s *Store) SignatureByIdempotencyKey(ctx context.Context, tenantID, key string) (store.Signature, error) {
-	sg, err := scanSignature(s.db.QueryRowContext(ctx, selectSignatureSQL+` WHERE tenant_id = ? AND idempotency_key = ?`, tenantID, key))
+	sg, err := scanSignature(s.queryRow(ctx, selectSignatureSQL+` WHERE tenant_id = ? AND idempotency_key = ?`, tenantID, key))
 	if err != nil {
 		return store.Signature{}, notFound(err, "signature for idempotency key "+key)
 	}
@@ -126,7 +127,7 @@ func (s *Store) SignatureByIdempotencyKey(ctx context.Context, tenantID, key str
 
 // Signature returns a tenant's signature by ID.
 func (s *Store) Signature(ctx context.Context, tenantID, id string) (store.Signature, error) {
-	sg, err := scanSignature(s.db.QueryRowContext(ctx, selectSignatureSQL+` WHERE tenant_id = ? AND id = ?`, tenantID, id))
+	sg, err := scanSignature(s.queryRow(ctx, selectSignatureSQL+` WHERE tenant_id = ? AND id = ?`, tenantID, id))
 	if err != nil {
 		return store.Signature{}, notFound(err, "signature "+id)
 	}
@@ -139,7 +140,7 @@ func (s *Store) Signatures(ctx context.Context, fromIndex, toIndex int64, limit 
 	if limit <= 0 {
 		limit = -1 // SQLite: no limit
 	}
-	rows, err := s.db.QueryContext(ctx, selectSignatureSQL+` WHERE audit_index >= ? AND audit_index < ? ORDER BY audit_index LIMIT ?`,
+	rows, err := s.query(ctx, selectSignatureSQL+` WHERE audit_index >= ? AND audit_index < ? ORDER BY audit_index LIMIT ?`,
 		fromIndex, toIndex, limit)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list signatures: %w", err)
@@ -162,7 +163,7 @@ func (s *Store) Signatures(ctx context.Context, fromIndex, toIndex int64, limit 
 // AuditSize is the number of committed audit events.
 func (s *Store) AuditSize(ctx context.Context) (int64, error) {
 	var n int64
-	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events`).Scan(&n); err != nil {
+	if err := s.queryRow(ctx, `SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("sqlite: audit size: %w", err)
 	}
 	return n, nil
@@ -170,7 +171,7 @@ func (s *Store) AuditSize(ctx context.Context) (int64, error) {
 
 // AuditEvents returns events with Index in [from, from+n), ascending.
 func (s *Store) AuditEvents(ctx context.Context, from, n int64) ([]store.AuditEvent, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT idx, time, type, actor, tenant_id, release, instance, subject, entry
+	rows, err := s.query(ctx, `SELECT idx, time, type, actor, tenant_id, release, instance, subject, entry
 		FROM audit_events WHERE idx >= ? AND idx < ? ORDER BY idx`, from, from+n)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: read audit events: %w", err)
@@ -215,7 +216,7 @@ func (s *Store) readHashes(ctx context.Context, indexes []int64, found map[int64
 		args[i] = x
 	}
 	q := `SELECT idx, hash FROM tree_hashes WHERE idx IN (?` + strings.Repeat(", ?", len(indexes)-1) + `)`
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	rows, err := s.db.QueryContext(ctx, q, args...) // IN lists of varying length: not cached
 	if err != nil {
 		return fmt.Errorf("sqlite: read tree hashes: %w", err)
 	}
@@ -240,7 +241,7 @@ func (s *Store) readHashes(ctx context.Context, indexes []int64, found map[int64
 // TreeSize returns the integrated Merkle tree size.
 func (s *Store) TreeSize(ctx context.Context) (int64, error) {
 	var n int64
-	if err := s.db.QueryRowContext(ctx, `SELECT size FROM tree_state WHERE id = 1`).Scan(&n); err != nil {
+	if err := s.queryRow(ctx, `SELECT size FROM tree_state WHERE id = 1`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("sqlite: tree size: %w", err)
 	}
 	return n, nil
@@ -250,11 +251,83 @@ func (s *Store) TreeSize(ctx context.Context) (int64, error) {
 func (s *Store) LatestCheckpoint(ctx context.Context) (store.Checkpoint, error) {
 	var c store.Checkpoint
 	var created int64
-	err := s.db.QueryRowContext(ctx, `SELECT size, note, created_at FROM checkpoints ORDER BY size DESC, id DESC LIMIT 1`).
+	err := s.queryRow(ctx, `SELECT size, note, created_at FROM checkpoints ORDER BY size DESC, id DESC LIMIT 1`).
 		Scan(&c.Size, &c.Note, &created)
 	if err != nil {
 		return store.Checkpoint{}, notFound(err, "checkpoint")
 	}
 	c.CreatedAt = fromMicros(created)
 	return c, nil
+}
+
+// Tenants lists every tenant in creation order.
+func (s *Store) Tenants(ctx context.Context) ([]store.Tenant, error) {
+	rows, err := s.query(ctx, `SELECT id, name, created_at FROM tenants ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list tenants: %w", err)
+	}
+	return collect(rows, "tenants", func(r rowScanner) (store.Tenant, error) {
+		var t store.Tenant
+		var created int64
+		err := r.Scan(&t.ID, &t.Name, &created)
+		t.CreatedAt = fromMicros(created)
+		return t, err
+	})
+}
+
+// SignatureByID returns a signature by ID, whatever its tenant.
+func (s *Store) SignatureByID(ctx context.Context, id string) (store.Signature, error) {
+	sg, err := scanSignature(s.queryRow(ctx, selectSignatureSQL+` WHERE id = ?`, id))
+	if err != nil {
+		return store.Signature{}, notFound(err, "signature "+id)
+	}
+	return sg, nil
+}
+
+// SignaturesByRelease lists a release's signatures signed in [from, to),
+// ascending by ID after the ID after.
+func (s *Store) SignaturesByRelease(ctx context.Context, release string, from, to time.Time, limit int, after string) ([]store.Signature, error) {
+	if limit <= 0 {
+		limit = -1
+	}
+	rows, err := s.query(ctx, selectSignatureSQL+` WHERE release = ? AND id > ? AND signed_at >= ? AND signed_at < ? ORDER BY id LIMIT ?`,
+		release, after, micros(from), micros(to), limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list signatures of release %s: %w", release, err)
+	}
+	return collect(rows, "signatures", scanSignature)
+}
+
+// TreeHashRange returns the hashes at storage indexes [from, to).
+func (s *Store) TreeHashRange(ctx context.Context, from, to int64) ([][32]byte, error) {
+	if to <= from {
+		return nil, nil
+	}
+	rows, err := s.query(ctx, `SELECT idx, hash FROM tree_hashes WHERE idx >= ? AND idx < ? ORDER BY idx`, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read tree hashes: %w", err)
+	}
+	defer rows.Close()
+	out := make([][32]byte, 0, min(to-from, 1<<16))
+	for rows.Next() {
+		var idx int64
+		var h []byte
+		if err := rows.Scan(&idx, &h); err != nil {
+			return nil, fmt.Errorf("sqlite: read tree hashes: %w", err)
+		}
+		if want := from + int64(len(out)); idx != want {
+			return nil, fmt.Errorf("sqlite: tree hash at storage index %d: %w", want, store.ErrNotFound)
+		}
+		if len(h) != 32 {
+			return nil, fmt.Errorf("sqlite: tree hash %d has %d bytes", idx, len(h))
+		}
+		out = append(out, [32]byte(h))
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read tree hashes: %w", err)
+	}
+	if int64(len(out)) != to-from {
+		return nil, fmt.Errorf("sqlite: tree hash at storage index %d: %w", from+int64(len(out)), store.ErrNotFound)
+	}
+	return out, nil
 }

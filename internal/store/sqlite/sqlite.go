@@ -39,7 +39,8 @@ type Store struct {
 	// wmu serialises this process's writers so they queue in Go instead of
 	// sleeping in SQLite's busy handler; other processes are serialised by
 	// the IMMEDIATE lock itself.
-	wmu sync.Mutex
+	wmu   sync.Mutex
+	stmts *stmtCache
 }
 
 var _ store.Store = (*Store)(nil)
@@ -62,9 +63,9 @@ func Open(ctx context.Context, path string, opts store.Options) (*Store, error) 
 	}
 	db.SetMaxOpenConns(n)
 	db.SetMaxIdleConns(n)
-	s := &Store{db: db, path: path}
+	s := &Store{db: db, path: path, stmts: newStmtCache(db)}
 	if err := s.prepare(ctx, opts); err != nil {
-		db.Close()
+		s.Close()
 		return nil, err
 	}
 	return s, nil
@@ -106,8 +107,11 @@ func (s *Store) prepare(ctx context.Context, opts store.Options) error {
 	return nil
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Close closes the prepared statements and the database.
+func (s *Store) Close() error {
+	s.stmts.close()
+	return s.db.Close()
+}
 
 // Ping checks that the database answers a query.
 func (s *Store) Ping(ctx context.Context) error {
@@ -194,3 +198,19 @@ func rollback(tx *sql.Tx) error {
 
 func micros(t time.Time) int64     { return t.UnixMicro() }
 func fromMicros(v int64) time.Time { return time.UnixMicro(v).UTC() }
+
+// nullMicros stores a zero time as NULL.
+func nullMicros(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMicro()
+}
+
+// fromNullMicros reads a nullable time column; NULL is the zero time.
+func fromNullMicros(v sql.NullInt64) time.Time {
+	if !v.Valid {
+		return time.Time{}
+	}
+	return fromMicros(v.Int64)
+}

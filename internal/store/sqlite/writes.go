@@ -13,56 +13,62 @@ const sigColumns = `id, tenant_id, idempotency_key, request_hash, key_name, key_
 	algorithm_oid, digest_algorithm, digest_oid, document_digest, document_id, signature, release, instance,
 	audit_index, signed_at`
 
+// Multi-row insert heads and the most rows per statement (powers of two,
+// keeping rows × columns far below SQLite's 32766-parameter limit).
 const (
-	insertSignatureSQL = `INSERT INTO signatures (` + sigColumns + `)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (tenant_id, idempotency_key) DO NOTHING`
-	insertEventSQL = `INSERT INTO audit_events (idx, time, type, actor, tenant_id, release, instance, subject, entry)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	nextIndexSQL = `SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events`
+	insertSignaturesHead = `INSERT INTO signatures (` + sigColumns + `)`
+	sigCols              = 18
+	maxSigRows           = 256 // 4608 parameters
+	insertEventsHead     = `INSERT INTO audit_events (idx, time, type, actor, tenant_id, release, instance, subject, entry)`
+	eventCols            = 9
+	maxEventRows         = 256 // 2304 parameters
+	insertHashesHead     = `INSERT INTO tree_hashes (idx, hash)`
+	maxHashRows          = 1024 // 2048 parameters
+	nextIndexSQL         = `SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events`
 )
 
-func nextIndex(ctx context.Context, tx *sql.Tx) (int64, error) {
+func (s *Store) nextIndex(ctx context.Context, tx *sql.Tx) (int64, error) {
 	var n int64
-	if err := tx.QueryRowContext(ctx, nextIndexSQL).Scan(&n); err != nil {
+	if err := s.txQueryRow(ctx, tx, nextIndexSQL).Scan(&n); err != nil {
 		return 0, fmt.Errorf("sqlite: next audit index: %w", err)
 	}
 	return n, nil
 }
 
-// eventInserter runs insertEventSQL: a prepared statement's ExecContext or
-// txEvents' closure.
-type eventInserter func(ctx context.Context, args ...any) (sql.Result, error)
-
-func txEvents(tx *sql.Tx) eventInserter {
-	return func(ctx context.Context, args ...any) (sql.Result, error) {
-		return tx.ExecContext(ctx, insertEventSQL, args...)
-	}
-}
-
-func insertEvent(ctx context.Context, exec eventInserter, idx int64, ev store.AuditEvent) error {
+func eventRow(idx int64, ev store.AuditEvent) ([]any, error) {
 	if len(ev.Entry) == 0 {
-		return fmt.Errorf("sqlite: audit event %q has no entry", ev.Type)
+		return nil, fmt.Errorf("sqlite: audit event %q has no entry", ev.Type)
 	}
-	_, err := exec(ctx, idx, micros(ev.Time), ev.Type, ev.Actor, ev.TenantID,
-		ev.Release, ev.Instance, ev.Subject, ev.Entry)
-	if err != nil {
-		return fmt.Errorf("sqlite: insert audit event %d: %w", idx, err)
-	}
-	return nil
+	return []any{idx, micros(ev.Time), ev.Type, ev.Actor, ev.TenantID, ev.Release, ev.Instance, ev.Subject, ev.Entry}, nil
 }
 
-// writeWithEvent runs fn and appends ev at the next index in one transaction.
-func (s *Store) writeWithEvent(ctx context.Context, ev store.AuditEvent, fn func(tx *sql.Tx) error) error {
+func sigRow(sg store.Signature, idx int64) []any {
+	return []any{sg.ID, sg.TenantID, sg.IdempotencyKey, nz(sg.RequestHash), sg.KeyName,
+		sg.KeyVersion, sg.Format, sg.Algorithm, sg.AlgorithmOID, sg.DigestAlgorithm, sg.DigestOID,
+		nz(sg.DocumentDigest), sg.DocumentID, nz(sg.Signature), sg.Release, sg.Instance, idx, micros(sg.SignedAt)}
+}
+
+// insertEvent appends ev at idx.
+func (s *Store) insertEvent(ctx context.Context, tx *sql.Tx, idx int64, ev store.AuditEvent) error {
+	row, err := eventRow(idx, ev)
+	if err != nil {
+		return err
+	}
+	return s.execRows(ctx, tx, fmt.Sprintf("audit event %d", idx), insertEventsHead, eventCols, maxEventRows, "", [][]any{row})
+}
+
+// writeWithEvent runs fn with the index ev will get and appends ev at it,
+// in one transaction.
+func (s *Store) writeWithEvent(ctx context.Context, ev store.AuditEvent, fn func(tx *sql.Tx, idx int64) error) error {
 	return s.write(ctx, func(tx *sql.Tx) error {
-		if err := fn(tx); err != nil {
-			return err
-		}
-		idx, err := nextIndex(ctx, tx)
+		idx, err := s.nextIndex(ctx, tx)
 		if err != nil {
 			return err
 		}
-		return insertEvent(ctx, txEvents(tx), idx, ev)
+		if err := fn(tx, idx); err != nil {
+			return err
+		}
+		return s.insertEvent(ctx, tx, idx, ev)
 	})
 }
 
@@ -91,7 +97,7 @@ func nz(b []byte) []byte {
 
 // CreateTenant inserts a tenant and its audit event.
 func (s *Store) CreateTenant(ctx context.Context, t store.Tenant, ev store.AuditEvent) error {
-	return s.writeWithEvent(ctx, ev, func(tx *sql.Tx) error {
+	return s.writeWithEvent(ctx, ev, func(tx *sql.Tx, _ int64) error {
 		return insertNew(ctx, tx, "tenant "+t.ID,
 			`INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
 			t.ID, t.Name, micros(t.CreatedAt))
@@ -100,7 +106,7 @@ func (s *Store) CreateTenant(ctx context.Context, t store.Tenant, ev store.Audit
 
 // CreateToken inserts an API token and its audit event.
 func (s *Store) CreateToken(ctx context.Context, t store.Token, ev store.AuditEvent) error {
-	return s.writeWithEvent(ctx, ev, func(tx *sql.Tx) error {
+	return s.writeWithEvent(ctx, ev, func(tx *sql.Tx, _ int64) error {
 		return insertNew(ctx, tx, "token "+t.ID,
 			`INSERT INTO tokens (id, tenant_id, secret_hash, created_at, revoked) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
 			t.ID, t.TenantID, nz(t.SecretHash), micros(t.CreatedAt), t.Revoked)
@@ -112,7 +118,7 @@ func (s *Store) PutKeyVersion(ctx context.Context, kv store.KeyVersion, ev store
 	if err := store.CheckKeyState(kv.State); err != nil {
 		return err
 	}
-	return s.writeWithEvent(ctx, ev, func(tx *sql.Tx) error {
+	return s.writeWithEvent(ctx, ev, func(tx *sql.Tx, _ int64) error {
 		var last int
 		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM key_versions WHERE tenant_id = ? AND name = ?`,
 			kv.TenantID, kv.Name).Scan(&last); err != nil {
@@ -133,7 +139,7 @@ func (s *Store) SetKeyState(ctx context.Context, tenantID, name string, version 
 	if err := store.CheckKeyState(state); err != nil {
 		return err
 	}
-	return s.writeWithEvent(ctx, ev, func(tx *sql.Tx) error {
+	return s.writeWithEvent(ctx, ev, func(tx *sql.Tx, _ int64) error {
 		var cur string
 		err := tx.QueryRowContext(ctx, `SELECT state FROM key_versions WHERE tenant_id = ? AND name = ? AND version = ?`,
 			tenantID, name, version).Scan(&cur)
@@ -156,7 +162,7 @@ func (s *Store) SetKeyState(ctx context.Context, tenantID, name string, version 
 
 // SetSetting writes an installation-wide setting and its audit event.
 func (s *Store) SetSetting(ctx context.Context, name, value string, ev store.AuditEvent) error {
-	return s.writeWithEvent(ctx, ev, func(tx *sql.Tx) error {
+	return s.writeWithEvent(ctx, ev, func(tx *sql.Tx, _ int64) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
 			name, value, micros(ev.Time))
@@ -168,51 +174,68 @@ func (s *Store) SetSetting(ctx context.Context, name, value string, ev store.Aud
 }
 
 // CommitSignatures writes the batch in one transaction; see store.Store.
+//
+// Under the write lock it loads the signatures and jobs that already hold
+// the batch's idempotency keys (nobody can add one until it commits),
+// settles in-batch duplicates in Go, then inserts the new signatures and
+// their events with multi-row statements. A key held by an unsigned async
+// job fails the batch with store.ErrIdempotencyTaken (the Committer then
+// retries the other writes one by one).
 func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite) ([]store.WriteResult, error) {
 	res := make([]store.WriteResult, len(ws))
+	if len(ws) == 0 {
+		return res, nil
+	}
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		next, err := nextIndex(ctx, tx)
+		next, err := s.nextIndex(ctx, tx)
 		if err != nil {
 			return err
 		}
-		insSig, err := tx.PrepareContext(ctx, insertSignatureSQL)
-		if err != nil {
-			return fmt.Errorf("sqlite: prepare: %w", err)
-		}
-		defer insSig.Close()
-		insEv, err := tx.PrepareContext(ctx, insertEventSQL)
-		if err != nil {
-			return fmt.Errorf("sqlite: prepare: %w", err)
-		}
-		defer insEv.Close()
+		keys := make([]idemKey, len(ws))
 		for i, w := range ws {
-			sg := w.Signature
-			r, err := insSig.ExecContext(ctx, sg.ID, sg.TenantID, sg.IdempotencyKey, nz(sg.RequestHash), sg.KeyName,
-				sg.KeyVersion, sg.Format, sg.Algorithm, sg.AlgorithmOID, sg.DigestAlgorithm, sg.DigestOID,
-				nz(sg.DocumentDigest), sg.DocumentID, nz(sg.Signature), sg.Release, sg.Instance, next, micros(sg.SignedAt))
-			if err != nil {
-				return fmt.Errorf("sqlite: insert signature %s: %w", sg.ID, err)
-			}
-			n, err := r.RowsAffected()
-			if err != nil {
-				return fmt.Errorf("sqlite: insert signature %s: %w", sg.ID, err)
-			}
-			if n == 0 {
-				ex, err := scanSignature(tx.QueryRowContext(ctx, selectSignatureSQL+` WHERE tenant_id = ? AND idempotency_key = ?`,
-					sg.TenantID, sg.IdempotencyKey))
-				if err != nil {
-					return fmt.Errorf("sqlite: load existing signature for %q: %w", sg.IdempotencyKey, err)
-				}
+			keys[i] = idemKey{w.Signature.TenantID, w.Signature.IdempotencyKey}
+		}
+		existing, err := s.existingSignatures(ctx, tx, keys)
+		if err != nil {
+			return err
+		}
+		jobs, err := s.jobKeys(ctx, tx, keys)
+		if err != nil {
+			return err
+		}
+		sigRows := make([][]any, 0, len(ws))
+		evRows := make([][]any, 0, len(ws))
+		firstInBatch := make(map[idemKey]int, len(ws))
+		for i, w := range ws {
+			k := keys[i]
+			if ex, ok := existing[k]; ok {
 				res[i] = store.WriteResult{Existing: &ex}
 				continue
 			}
-			if err := insertEvent(ctx, insEv.ExecContext, next, w.Event); err != nil {
+			if jobID, ok := jobs[k]; ok {
+				return store.TakenByJobError(k.tenant, k.key, jobID)
+			}
+			if j, ok := firstInBatch[k]; ok {
+				ex := ws[j].Signature
+				ex.AuditIndex = res[j].AuditIndex
+				ex.SignedAt = fromMicros(micros(ex.SignedAt))
+				res[i] = store.WriteResult{Existing: &ex}
+				continue
+			}
+			firstInBatch[k] = i
+			ev, err := eventRow(next, w.Event)
+			if err != nil {
 				return err
 			}
+			sigRows = append(sigRows, sigRow(w.Signature, next))
+			evRows = append(evRows, ev)
 			res[i] = store.WriteResult{AuditIndex: next}
 			next++
 		}
-		return nil
+		if err := s.execRows(ctx, tx, "signatures", insertSignaturesHead, sigCols, maxSigRows, "", sigRows); err != nil {
+			return err
+		}
+		return s.execRows(ctx, tx, "audit events", insertEventsHead, eventCols, maxEventRows, "", evRows)
 	})
 	if err != nil {
 		return nil, err
@@ -220,22 +243,93 @@ func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite)
 	return res, nil
 }
 
+type idemKey struct{ tenant, key string }
+
+// keyLookupRows is the most (tenant, key) pairs per lookup statement.
+const keyLookupRows = 256
+
+// lookupKeys runs head + " WHERE (tenant_id, idempotency_key) IN (VALUES ...)"
+// over keys in cached chunks and calls scan for every row.
+func (s *Store) lookupKeys(ctx context.Context, tx *sql.Tx, head string, keys []idemKey, scan func(rowScanner) error) error {
+	at := 0
+	for _, n := range rowChunks(len(keys), keyLookupRows) {
+		args := make([]any, 0, 2*n)
+		for _, k := range keys[at : at+n] {
+			args = append(args, k.tenant, k.key)
+		}
+		at += n
+		q := s.stmts.multiRow(head+" WHERE (tenant_id, idempotency_key) IN (", 2, n, ")")
+		st, err := s.txStmt(ctx, tx, q)
+		if err != nil {
+			return err
+		}
+		rows, err := st.QueryContext(ctx, args...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			if err := scan(rows); err != nil {
+				rows.Close()
+				return err
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) existingSignatures(ctx context.Context, tx *sql.Tx, keys []idemKey) (map[idemKey]store.Signature, error) {
+	out := make(map[idemKey]store.Signature)
+	err := s.lookupKeys(ctx, tx, selectSignatureSQL, keys, func(r rowScanner) error {
+		sg, err := scanSignature(r)
+		if err == nil {
+			out[idemKey{sg.TenantID, sg.IdempotencyKey}] = sg
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: look up idempotency keys: %w", err)
+	}
+	return out, nil
+}
+
+// jobKeys returns the jobs holding any of keys, by key.
+func (s *Store) jobKeys(ctx context.Context, tx *sql.Tx, keys []idemKey) (map[idemKey]string, error) {
+	out := make(map[idemKey]string)
+	err := s.lookupKeys(ctx, tx, `SELECT tenant_id, idempotency_key, id FROM jobs`, keys, func(r rowScanner) error {
+		var k idemKey
+		var id string
+		err := r.Scan(&k.tenant, &k.key, &id)
+		out[k] = id
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: look up job idempotency keys: %w", err)
+	}
+	return out, nil
+}
+
 // AppendEvents appends events in slice order and returns their indexes.
 func (s *Store) AppendEvents(ctx context.Context, evs []store.AuditEvent) ([]int64, error) {
 	idxs := make([]int64, len(evs))
+	rows := make([][]any, len(evs))
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		next, err := nextIndex(ctx, tx)
+		next, err := s.nextIndex(ctx, tx)
 		if err != nil {
 			return err
 		}
 		for i, ev := range evs {
-			if err := insertEvent(ctx, txEvents(tx), next, ev); err != nil {
+			idxs[i] = next + int64(i)
+			if rows[i], err = eventRow(idxs[i], ev); err != nil {
 				return err
 			}
-			idxs[i] = next
-			next++
 		}
-		return nil
+		return s.execRows(ctx, tx, "audit events", insertEventsHead, eventCols, maxEventRows, "", rows)
 	})
 	if err != nil {
 		return nil, err
@@ -247,19 +341,20 @@ func (s *Store) AppendEvents(ctx context.Context, evs []store.AuditEvent) ([]int
 func (s *Store) PutTreeHashes(ctx context.Context, treeSize int64, hashes []store.IndexedHash) error {
 	return s.write(ctx, func(tx *sql.Tx) error {
 		var cur int64
-		if err := tx.QueryRowContext(ctx, `SELECT size FROM tree_state WHERE id = 1`).Scan(&cur); err != nil {
+		if err := s.txQueryRow(ctx, tx, `SELECT size FROM tree_state WHERE id = 1`).Scan(&cur); err != nil {
 			return fmt.Errorf("sqlite: read tree size: %w", err)
 		}
 		if treeSize < cur {
 			return fmt.Errorf("sqlite: tree size %d below integrated size %d: %w", treeSize, cur, store.ErrTreeShrink)
 		}
-		for _, h := range hashes {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO tree_hashes (idx, hash) VALUES (?, ?) ON CONFLICT (idx) DO NOTHING`,
-				h.Index, h.Hash[:]); err != nil {
-				return fmt.Errorf("sqlite: insert tree hash %d: %w", h.Index, err)
-			}
+		rows := make([][]any, len(hashes))
+		for i, h := range hashes {
+			rows[i] = []any{h.Index, h.Hash[:]}
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE tree_state SET size = ? WHERE id = 1`, treeSize); err != nil {
+		if err := s.execRows(ctx, tx, "tree hashes", insertHashesHead, 2, maxHashRows, "ON CONFLICT (idx) DO NOTHING", rows); err != nil {
+			return err
+		}
+		if _, err := s.txExec(ctx, tx, `UPDATE tree_state SET size = ? WHERE id = 1`, treeSize); err != nil {
 			return fmt.Errorf("sqlite: set tree size: %w", err)
 		}
 		return nil

@@ -64,3 +64,49 @@ func BenchmarkCommitter(b *testing.B, open func(b *testing.B) store.Store) {
 		})
 	}
 }
+
+// BenchmarkAppendEvents measures AppendEvents at batch sizes 1, 64 and 256
+// (the audit log's own appends: playbook steps, key events, probes); ns/op
+// is per batch and events/s is reported.
+func BenchmarkAppendEvents(b *testing.B, open func(b *testing.B) store.Store) {
+	for _, size := range []int{1, 64, 256} {
+		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
+			s := open(b)
+			ctx := b.Context()
+			n := 0
+			b.ReportAllocs()
+			for b.Loop() {
+				evs := make([]store.AuditEvent, size)
+				for i := range evs {
+					evs[i] = event("bench.event", "bench", fmt.Sprintf("e%d", n), n)
+					n++
+				}
+				if _, err := s.AppendEvents(ctx, evs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
+}
+
+// BenchmarkPutTreeHashes measures PutTreeHashes with 512 hashes per call
+// (about what integrating 256 leaves writes); hashes/s is reported.
+func BenchmarkPutTreeHashes(b *testing.B, open func(b *testing.B) store.Store) {
+	const per = 512
+	s := open(b)
+	ctx := b.Context()
+	var next int64
+	b.ReportAllocs()
+	for b.Loop() {
+		hs := make([]store.IndexedHash, per)
+		for i := range hs {
+			hs[i] = store.IndexedHash{Index: next, Hash: [32]byte{byte(next), byte(next >> 8), byte(next >> 16), 1}}
+			next++
+		}
+		if err := s.PutTreeHashes(ctx, next/2, hs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(next)/b.Elapsed().Seconds(), "hashes/s")
+}

@@ -42,12 +42,29 @@ func testAppendOnly(t *testing.T, db DB) {
 	s := openT(t, db, store.Options{Migrate: true})
 	_, err := s.CommitSignatures(ctx, []store.SignatureWrite{write("acme", "k1", 1)})
 	must(t, "CommitSignatures", err)
+	for _, k := range []string{"j-signed", "j-failed", "j-open"} {
+		_, err := s.CreateJob(ctx, job("acme", k, 2), event("job.accepted", "acme", k, 2))
+		must(t, "CreateJob", err)
+	}
+	_, err = s.CompleteJob(ctx, "job-acme-j-signed", write("acme", "j-signed", 3))
+	must(t, "CompleteJob", err)
+	must(t, "FailJob", s.FailJob(ctx, "job-acme-j-failed", []byte(`{}`), event("job.failed", "acme", "j-failed", 4)))
+	must(t, "AppendJournal", s.AppendJournal(ctx, "run-1", 0, []byte(`{}`), event("playbook.run.started", "", "run-1", 5)))
+	must(t, "CreateIncident", s.CreateIncident(ctx, store.Incident{ID: "inc-1", OpenedAt: at(6), Details: []byte(`{}`)},
+		event("incident.opened", "", "inc-1", 6)))
 	for _, q := range []string{
 		"UPDATE audit_events SET actor = 'mallory'",
 		"UPDATE audit_events SET entry = entry",
 		"DELETE FROM audit_events",
 		"UPDATE signatures SET signature = signature",
 		"DELETE FROM signatures",
+		"UPDATE playbook_journal SET rec = rec",
+		"DELETE FROM playbook_journal",
+		"DELETE FROM jobs",
+		"UPDATE jobs SET state = 'accepted' WHERE state <> 'accepted'",
+		"UPDATE jobs SET signature_id = 'forged' WHERE state = 'signed'",
+		"UPDATE jobs SET error = '' WHERE state = 'failed'",
+		"DELETE FROM incidents",
 	} {
 		t.Run(q, func(t *testing.T) {
 			if err := db.Exec(ctx, q); err == nil {
@@ -57,8 +74,8 @@ func testAppendOnly(t *testing.T, db DB) {
 	}
 	evs, err := s.AuditEvents(ctx, 0, 10)
 	must(t, "AuditEvents", err)
-	if len(evs) != 1 || evs[0].Actor != "storetest" {
-		t.Errorf("audit events after tampering attempts = %+v, want the original one", evs)
+	if len(evs) != 8 || evs[0].Actor != "storetest" {
+		t.Errorf("audit events after tampering attempts = %d events, want the original 8", len(evs))
 	}
 }
 
@@ -78,6 +95,12 @@ func testSchemaGate(t *testing.T, db DB) {
 	}
 	// Migrating again is a no-op.
 	openT(t, db, store.Options{Migrate: true})
+	// A release that only knows the previous schema refuses this one (unless its
+	// release declares a wider SchemaMax, as below).
+	if store.SchemaVersion > 1 {
+		_, err = db.Open(ctx, store.Options{SchemaMin: store.SchemaVersion - 1, SchemaMax: store.SchemaVersion - 1})
+		wantErr(t, "Open with the previous release's range", err, store.ErrSchema)
+	}
 
 	// A newer release migrated the database past this binary.
 	newer := store.SchemaVersion + 1

@@ -4,7 +4,9 @@
 // gate).
 //
 // Invariant: a backend that passes this suite keeps the store contract —
-// tenant isolation, idempotent signature commits, and an audit table whose
+// tenant isolation, idempotent signature commits (sync and async sharing a
+// tenant's idempotency keys), forward-only job and incident states, a
+// playbook journal the engine can resume from, and an audit table whose
 // indexes are gap-free, in commit order, and never rewritten.
 package storetest
 
@@ -37,6 +39,17 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentCommitter", testConcurrentCommitter},
 		{"TreeHashes", testTreeHashes},
 		{"Checkpoints", testCheckpoints},
+		{"TreeHashRange", testTreeHashRange},
+		{"Tenants", testTenantsList},
+		{"SignatureByID", testSignatureByID},
+		{"SignaturesByRelease", testSignaturesByRelease},
+		{"Jobs", testJobs},
+		{"JobKeySpace", testJobKeySpace},
+		{"JobsByState", testJobsByState},
+		{"Journal", testJournal},
+		{"PlaybookEngine", testPlaybookEngine},
+		{"Incidents", testIncidents},
+		{"LargeBatch", testLargeBatch},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
