@@ -277,6 +277,16 @@ func (e *Engine) startAttempt(ctx context.Context, f *runFold, i, attempt int, a
 	st := &f.Spec.Steps[i]
 	with, err := f.scope().expand(st.With)
 	if err != nil {
+		// An input that comes from a step that is unavailable in this build
+		// (or was skipped) makes this step unavailable too, not failed:
+		// nothing went wrong, something is missing.
+		if dep := missingDependency(f, i, err); dep != "" {
+			if aerr := e.append(ctx, f, Record{Kind: kindStep, Step: st.ID, State: StepUnavailable, Attempt: attempt, Actor: actor,
+				Error: fmt.Sprintf("%v: needs outputs of step %q, which did not run: %v", ErrUnavailable, dep, err)}); aerr != nil {
+				return aerr
+			}
+			return e.applyPolicy(ctx, f, i, actor)
+		}
 		return e.finishFailed(ctx, f, i, actor, err)
 	}
 	m, _ := with.(map[string]any)
@@ -286,6 +296,21 @@ func (e *Engine) startAttempt(ctx context.Context, f *runFold, i, attempt int, a
 	}
 	return e.append(ctx, f, Record{Kind: kindStep, Step: st.ID, State: StepRunning, Attempt: attempt, Actor: actor,
 		Inputs: inputs, Note: note})
+}
+
+// missingDependency names the earlier unavailable or skipped step whose
+// outputs an unresolved reference asked for, or "".
+func missingDependency(f *runFold, i int, err error) string {
+	if !errors.Is(err, ErrReference) {
+		return ""
+	}
+	for j := 0; j < i; j++ {
+		s := f.Steps[j]
+		if (s.State == StepUnavailable || s.State == StepSkipped) && strings.Contains(err.Error(), `"`+f.Spec.Steps[j].ID+`"`) {
+			return f.Spec.Steps[j].ID
+		}
+	}
+	return ""
 }
 
 // Token is the idempotency token of a step in a run.
