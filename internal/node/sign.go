@@ -82,12 +82,19 @@ func (s *Server) signOnce(ctx context.Context, tenant, idem string, reqHash []by
 	}
 	rk, err := s.keys.current(ctx, tenant, req.Key)
 	if err != nil {
+		// A key that cannot sign now (disabled, provider down) must not
+		// turn a replay of an answered request into a failure: the client
+		// would believe nothing was signed. Look for the stored answer only
+		// on this failure path, so the hot path reads nothing.
+		if status, resp, ok := s.storedAnswer(ctx, tenant, idem, reqHash); ok {
+			return status, resp, nil
+		}
 		return 0, nil, err
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)
 	k := sign.Key{Signer: rk.signer, Algorithm: rk.alg, Chain: rk.chain, KeyID: fmt.Sprintf("%s@v%d", rk.kv.Name, rk.kv.Version)}
 	if s.cfg.Faults != nil {
-		k, in, err = s.cfg.Faults.beforeSign(ctx, k, in)
+		k, in, err = s.cfg.Faults.beforeSign(ctx, req.Format, k, in)
 		if err != nil {
 			return 0, nil, unavailable("key provider unavailable", 1, err)
 		}
@@ -144,6 +151,28 @@ func (s *Server) signOnce(ctx context.Context, tenant, idem string, reqHash []by
 	sig.AuditIndex = wr.AuditIndex
 	s.metrics.signatures.WithLabelValues(sig.Format, sig.Algorithm).Inc()
 	return http.StatusOK, renderSignature(&sig), nil
+}
+
+// idempotencyReader is the optional store capability storedAnswer uses.
+type idempotencyReader interface {
+	SignatureByIdempotencyKey(ctx context.Context, tenantID, key string) (store.Signature, error)
+}
+
+// storedAnswer returns the stored response for a replayed request whose
+// signature already exists. It reports false when there is none, when it
+// was made for another request (the caller's error then stands), or when
+// the store cannot say.
+func (s *Server) storedAnswer(ctx context.Context, tenant, idem string, reqHash []byte) (int, []byte, bool) {
+	r, ok := s.cfg.Store.(idempotencyReader)
+	if !ok {
+		return 0, nil, false
+	}
+	sig, err := r.SignatureByIdempotencyKey(ctx, tenant, idem)
+	if err != nil || !bytes.Equal(sig.RequestHash, reqHash) {
+		return 0, nil, false
+	}
+	s.metrics.replays.Inc()
+	return http.StatusOK, renderSignature(&sig), true
 }
 
 func signError(err error) error {
