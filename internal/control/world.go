@@ -63,6 +63,9 @@ type Config struct {
 	AutoRun bool
 	// ProbeInterval (default 250ms).
 	ProbeInterval time.Duration
+	// Artifact is the countersign binary the fleet runs as every release
+	// (default: this executable).
+	Artifact string
 	// Params are extra rollback playbook parameters (e.g. canary_hold).
 	Params map[string]string
 	Logger *slog.Logger
@@ -239,9 +242,11 @@ func (w *World) startFleet(ctx context.Context) error {
 		return err
 	}
 	w.fleet = f
-	exe, err := os.Executable()
-	if err != nil {
-		return err
+	exe := w.cfg.Artifact
+	if exe == "" {
+		if exe, err = os.Executable(); err != nil {
+			return err
+		}
 	}
 	sum, err := fileSHA256(exe)
 	if err != nil {

@@ -64,6 +64,9 @@ type Config struct {
 	Warmup time.Duration
 	// Timeout bounds the whole drill (default 150s).
 	Timeout time.Duration
+	// Artifact is the countersign binary the fleet runs (default: this
+	// executable).
+	Artifact string
 	// Progress receives human-readable progress lines (may be nil).
 	Progress io.Writer
 	Logger   *slog.Logger
@@ -74,7 +77,7 @@ type Requests struct {
 	Sent       int `json:"sent"`
 	Accepted   int `json:"accepted"`
 	Refused503 int `json:"refused_503"`
-	Errors     int `json:"errors"`
+	Errors     int `json:"errors"` // final problem answers other than 503 (e.g. 422)
 	Lost       int `json:"lost"`
 	Duplicates int `json:"duplicates"`
 }
@@ -161,7 +164,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	w, err := control.Start(ctx, control.Config{Dir: dir, Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", ControlListen: "127.0.0.1:0",
-		Drill: true, AutoRun: true, Logger: cfg.Logger,
+		Drill: true, AutoRun: true, Logger: cfg.Logger, Artifact: cfg.Artifact,
 		Params: map[string]string{"canary_hold": cfg.CanaryHold.String(), "retry_after": "1s", "incident_commander": "drill"}})
 	if err != nil {
 		return nil, err
@@ -309,10 +312,11 @@ func grade(ctx context.Context, rep *Report, w *control.World, st store.Store, o
 			}
 		case "refused":
 			rep.Requests.Refused503++
+		case "failed":
+			rep.Requests.Errors++ // a final problem answer: not lost, but counted
 		default:
-			rep.Requests.Errors++
-			rep.Requests.Lost++ // accepted or not, the client never got a final, actionable answer
-			rep.Failures = append(rep.Failures, "request "+o.Key+": "+o.Detail)
+			rep.Requests.Lost++ // the client never got a final answer
+			rep.Failures = append(rep.Failures, "request "+o.Key+" got no final answer: "+o.Detail)
 		}
 	}
 	rep.Requests.Duplicates = duplicates(ctx, st)

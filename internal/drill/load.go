@@ -73,10 +73,18 @@ func (l *load) start(ctx context.Context) {
 				case client.IsProblem(err, client.TypeMaintenance) || client.IsProblem(err, client.TypeUnavailable):
 					o.Status, o.Detail = "refused", err.Error()
 				default:
-					o.Status, o.Detail = "error", err.Error()
+					// A problem answer (4xx/5xx) is a final answer the client
+					// can act on; a transport error that outlived every
+					// retry is no answer at all.
+					var p *client.Problem
 					var re *client.RetriesExhaustedError
-					if errors.As(err, &re) {
-						o.Status = "refused"
+					switch {
+					case errors.As(err, &p) && errors.As(err, &re):
+						o.Status, o.Detail = "refused", err.Error()
+					case errors.As(err, &p):
+						o.Status, o.Detail = "failed", err.Error()
+					default:
+						o.Status, o.Detail = "no-answer", err.Error()
 					}
 				}
 				l.mu.Lock()
