@@ -49,7 +49,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	p := *he.Problem
 	p.Instance = r.URL.Path
-	if p.Status >= 500 {
+	if p.Status >= 500 && r.Context().Err() != nil {
+		// The client went away (or the server is shutting down): not a
+		// server failure, and nothing was answered.
+		s.log.DebugContext(r.Context(), "request abandoned by the client", slog.String("path", r.URL.Path), slog.Any("err", err))
+	} else if p.Status >= 500 {
 		s.log.ErrorContext(r.Context(), "request failed", slog.String("path", r.URL.Path), slog.Int("status", p.Status), slog.Any("err", err))
 	} else if he.Err != nil {
 		s.log.DebugContext(r.Context(), "request refused", slog.String("path", r.URL.Path), slog.Int("status", p.Status), slog.Any("err", he.Err))
