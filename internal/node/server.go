@@ -61,6 +61,13 @@ type Config struct {
 	Ready func(ctx context.Context) error
 	// Faults injects drill faults; nil outside drills.
 	Faults *Faults
+	// Jobs and Queue enable asynchronous signing (POST /v1/sign:async,
+	// GET /v1/jobs/{id}); without them those routes answer 404.
+	Jobs  JobStore
+	Queue Publisher
+	// CrashPoint, armed only in drill mode, SIGKILLs the process at one of
+	// the asynchronous path's crash points.
+	CrashPoint *CrashPoint
 	// Extra handlers mounted on the same mux (e.g. the audit log read API
 	// under /v1/audit/). Keys are mux patterns.
 	Extra map[string]http.Handler
@@ -105,6 +112,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Jobs != nil {
+		cfg.Committer = &jobCommitter{inner: cfg.Committer, jobs: cfg.Jobs, crash: cfg.CrashPoint}
+	}
 	s := &Server{
 		cfg:     cfg,
 		log:     cfg.Logger.With(slog.String("release", cfg.Release), slog.String("instance", cfg.Instance)),
@@ -118,6 +128,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Faults != nil {
 		s.log.Warn("DRILL FAULTS ENABLED: this node misbehaves on purpose", slog.String("scenario", cfg.Faults.Scenario))
 	}
+	if cfg.CrashPoint != nil {
+		s.log.Warn("DRILL CRASH POINT ARMED: this node will SIGKILL itself", slog.String("crash_point", cfg.CrashPoint.String()))
+	}
 	s.routes()
 	return s, nil
 }
@@ -125,6 +138,8 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) routes() {
 	s.mux.Handle("POST /v1/sign", s.authed("sign", s.handleSign))
 	s.mux.Handle("POST /v1/sign:batch", s.authed("sign_batch", s.handleSignBatch))
+	s.mux.Handle("POST /v1/sign:async", s.authed("sign_async", s.handleSignAsync))
+	s.mux.Handle("GET /v1/jobs/{id}", s.authed("jobs_get", s.handleGetJob))
 	s.mux.Handle("POST /v1/verify", s.authed("verify", s.handleVerify))
 	s.mux.Handle("GET /v1/keys", s.authed("keys_list", s.handleListKeys))
 	s.mux.Handle("GET /v1/keys/{name}", s.authed("keys_get", s.handleGetKey))
