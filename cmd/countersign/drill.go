@@ -18,7 +18,7 @@ func init() {
 
 func runDrill(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "drill", "[--scenario NAME] [--json] [--out DIR]")
-	scenario := fs.String("scenario", "invalid-signatures", "fault scenario v2 ships with: invalid-signatures | metadata-drift | hsm-timeouts | partial-persist")
+	scenario := fs.String("scenario", "invalid-signatures", "fault scenario v2 ships with: invalid-signatures | metadata-drift | hsm-timeouts | partial-persist | irreversible-migration")
 	asJSON := fs.Bool("json", false, "print the graded report as JSON on stdout")
 	out := fs.String("out", "", "directory for the world, logs and report (default: a new temporary directory)")
 	hold := fs.Duration("hold", 5*time.Second, "canary hold per stage (1% → 10% → 50% → 100%)")

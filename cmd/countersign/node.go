@@ -33,9 +33,11 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 	integrate := fs.Bool("integrate", true, "integrate the audit log and sign checkpoints (turn off when another process does, e.g. under `countersign up`)")
 	maxDoc := fs.Int64("max-document-bytes", node.DefaultMaxDocumentBytes, "largest document accepted")
 	drill := fs.Bool("drill", false, "drill mode: allows --fault; never use in production")
-	fault := fs.String("fault", "", "drill fault scenario to inject (needs --drill): invalid-signatures | metadata-drift | hsm-timeouts | partial-persist")
+	fault := fs.String("fault", "", "drill fault scenario to inject (needs --drill): invalid-signatures | metadata-drift | hsm-timeouts | partial-persist | irreversible-migration")
 	faultRate := fs.Float64("fault-rate", 1, "fraction of requests the fault affects")
 	logLevel := fs.String("log-level", "info", "debug | info | warn | error")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback address (e.g. 127.0.0.1:6060); off by default")
+	qf := addQueueFlags(env, fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -44,6 +46,13 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 		return usageError("--log-level: %v", err)
 	}
 	logger := slog.New(slog.NewJSONHandler(env.stderr, &slog.HandlerOptions{Level: lvl}))
+	if *pprofAddr != "" {
+		stopPprof, err := startPprof(*pprofAddr, logger)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
 	var faults *node.Faults
 	if *fault != "" {
 		if !*drill {
@@ -56,7 +65,21 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 		logger = logger.With(slog.String("drill_fault", *fault), slog.Bool("drill", true))
 	}
 
-	inst, err := install.Open(ctx, *data, install.OpenOptions{Migrate: *migrate, SchemaMin: *schemaMin, SchemaMax: *schemaMax,
+	crash, err := qf.crashPoint(env, *drill)
+	if err != nil {
+		return err
+	}
+
+	var extra []store.Migration
+	if *fault == node.FaultIrreversibleMigration {
+		// A newer release's expand migration: this release then declares
+		// (and needs) the expanded schema.
+		extra, *migrate = []store.Migration{node.DrillMigration()}, true
+		if *schemaMin == 0 {
+			*schemaMin, *schemaMax = store.SchemaVersion+1, store.SchemaVersion+1
+		}
+	}
+	inst, err := install.Open(ctx, *data, install.OpenOptions{Migrate: *migrate, SchemaMin: *schemaMin, SchemaMax: *schemaMax, ExtraMigrations: extra,
 		StoreURL: *storeURL, Release: *release, Instance: *instance, Logger: logger})
 	if err != nil {
 		return err
@@ -86,15 +109,29 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 		go func() { integrated <- integrator.Run(runCtx) }()
 	}
 
-	srv, err := node.New(node.Config{
-		Store: inst.Store, Committer: committer, Keys: inst.Keys,
-		Release: *release, Instance: *instance, MaxDocumentBytes: *maxDoc,
-		Faults: faults, Logger: logger,
-		Extra: map[string]http.Handler{auditlog.PathPrefix: auditlog.Handler(inst.Store, logger)},
-	})
+	q, err := qf.open(ctx, *data, logger)
 	if err != nil {
 		return err
 	}
+	ncfg := node.Config{
+		Store: inst.Store, Committer: committer, Keys: inst.Keys,
+		Release: *release, Instance: *instance, MaxDocumentBytes: *maxDoc,
+		Faults: faults, CrashPoint: crash, Logger: logger,
+		Extra: map[string]http.Handler{auditlog.PathPrefix: auditlog.Handler(inst.Store, logger)},
+	}
+	if q != nil {
+		defer q.Close()
+		ncfg.Jobs, ncfg.Queue = inst.Store, q
+	}
+	srv, err := node.New(ncfg)
+	if err != nil {
+		return err
+	}
+	stopWorker, err := qf.startWorker(runCtx, srv, q, logger)
+	if err != nil {
+		return err
+	}
+	defer stopWorker()
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
@@ -121,6 +158,7 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 	shCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	shutdownErr := hs.Shutdown(shCtx)
+	stopWorker()
 	closeErr := committer.Close()
 	if integrator != nil {
 		if _, err := integrator.IntegrateOnce(shCtx); err != nil && !errors.Is(err, auditlog.ErrNoCheckpoint) {

@@ -28,14 +28,22 @@ type Scenario struct {
 	Rate        float64 // share of v2's requests it hits
 	// Expect is the run state the playbook must end in for a pass.
 	Expect playbook.RunState
+	// SchemaBump makes v2 declare (and migrate to) the next schema
+	// version, so that rolling back to v1 would be a schema downgrade.
+	SchemaBump bool
+	// ExpectRefusal: the rollback step must refuse (and the run pause
+	// with a plan) instead of rolling back.
+	ExpectRefusal bool
 }
 
 // Scenarios are the drills this build can run.
 var Scenarios = []Scenario{
-	{"invalid-signatures", "v2 returns signatures that do not verify", node.FaultInvalidSignatures, 1, playbook.RunSucceeded},
-	{"metadata-drift", "v2 signs with a digest algorithm the policy does not expect", node.FaultMetadataDrift, 1, playbook.RunSucceeded},
-	{"hsm-timeouts", "v2's key provider stalls and fails", node.FaultHSMTimeouts, 1, playbook.RunSucceeded},
-	{"partial-persist", "v2 signs, then fails to persist", node.FaultPartialPersist, 1, playbook.RunSucceeded},
+	{"invalid-signatures", "v2 returns signatures that do not verify", node.FaultInvalidSignatures, 1, playbook.RunSucceeded, false, false},
+	{"metadata-drift", "v2 signs with a digest algorithm the policy does not expect", node.FaultMetadataDrift, 1, playbook.RunSucceeded, false, false},
+	{"hsm-timeouts", "v2's key provider stalls and fails", node.FaultHSMTimeouts, 1, playbook.RunSucceeded, false, false},
+	{"partial-persist", "v2 signs, then fails to persist", node.FaultPartialPersist, 1, playbook.RunSucceeded, false, false},
+	{"irreversible-migration", "v2 expands the schema and corrupts signatures; rolling back to v1 would downgrade the schema",
+		node.FaultIrreversibleMigration, 1, playbook.RunPaused, true, true},
 }
 
 // Lookup finds a scenario by name.
@@ -117,10 +125,13 @@ type Report struct {
 	Unavailable []string `json:"unavailable_steps,omitempty"`
 	Failures    []string `json:"failures,omitempty"`
 	Incident    string   `json:"incident,omitempty"`
-	RunID       string   `json:"run_id,omitempty"`
-	RunState    string   `json:"run_state,omitempty"`
-	Dir         string   `json:"dir"`
-	DurationMs  int64    `json:"duration_ms"`
+	// Refusal is the rollback step's refusal, with its plan, in scenarios
+	// where rolling back would downgrade the schema.
+	Refusal    string `json:"refusal,omitempty"`
+	RunID      string `json:"run_id,omitempty"`
+	RunState   string `json:"run_state,omitempty"`
+	Dir        string `json:"dir"`
+	DurationMs int64  `json:"duration_ms"`
 }
 
 func (c *Config) progress(format string, a ...any) {
@@ -193,8 +204,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	cfg.progress("shipping v2 to the canary pool at 10%% with fault %q", cfg.Scenario.Fault)
 	deployed := time.Now()
-	if _, err := w.Deploy(ctx, control.ReleaseSpec{ID: "v2", Pool: control.PoolCanary, Weight: 10,
-		Fault: cfg.Scenario.Fault, FaultRate: cfg.Scenario.Rate}); err != nil {
+	spec := control.ReleaseSpec{ID: "v2", Pool: control.PoolCanary, Weight: 10, Fault: cfg.Scenario.Fault, FaultRate: cfg.Scenario.Rate}
+	if cfg.Scenario.SchemaBump {
+		spec.SchemaMin, spec.SchemaMax = store.SchemaVersion+1, store.SchemaVersion+1
+	}
+	if _, err := w.Deploy(ctx, spec); err != nil {
 		ld.finish()
 		return nil, fmt.Errorf("drill: deploy v2: %w", err)
 	}
@@ -379,6 +393,12 @@ func grade(ctx context.Context, rep *Report, w *control.World, st store.Store, o
 	fail(!rep.Audit.Consistent, "audit log not proven consistent across the incident: %s", rep.Audit.Detail)
 	fail(final.State != cfg.Scenario.Expect, "playbook ended %q, want %q", final.State, cfg.Scenario.Expect)
 	for _, s := range final.Steps {
+		if cfg.Scenario.ExpectRefusal && s.ID == "rollback" {
+			fail(s.State != playbook.StepFailed || !strings.Contains(s.Error, "refusing to roll back"),
+				"rollback step %s (%s): want a refusal of the schema downgrade with a plan", s.State, s.Error)
+			rep.Refusal = s.Error
+			continue
+		}
 		fail(s.State == playbook.StepFailed || s.State == playbook.StepAborted, "step %s %s: %s", s.ID, s.State, s.Error)
 	}
 	rep.Pass = len(rep.Failures) == 0

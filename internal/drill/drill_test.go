@@ -59,6 +59,12 @@ func TestDrills(t *testing.T) {
 			if rep.TimeToContainMs < 0 || rep.TimeToContainMs > 2000 {
 				t.Errorf("time to contain = %d ms; want 0..2000", rep.TimeToContainMs)
 			}
+			if sc.ExpectRefusal {
+				if rep.RunState != string(playbook.RunPaused) || !strings.Contains(rep.Refusal, "forward-fix") {
+					t.Errorf("run %s, refusal %q; want paused with a forward-fix/backfill plan", rep.RunState, rep.Refusal)
+				}
+				return
+			}
 			if !rep.Audit.Consistent {
 				t.Errorf("audit log not consistent across the incident: %s", rep.Audit.Detail)
 			}

@@ -269,6 +269,8 @@ type OpenOptions struct {
 	// SchemaMin/SchemaMax override the binary's supported schema range
 	// (a release declares its own).
 	SchemaMin, SchemaMax int
+	// ExtraMigrations follow the binary's own (drills only).
+	ExtraMigrations []store.Migration
 	// StoreURL overrides the configured store.
 	StoreURL string
 	// Passphrase overrides the passphrase source.
@@ -291,6 +293,27 @@ type Installation struct {
 	now      func() time.Time
 	release  string
 	instance string
+}
+
+// OpenStore opens only the store of the installation in dir: no keys, no
+// passphrase (migrations and read-only tools need nothing more).
+func OpenStore(ctx context.Context, dir string, o OpenOptions) (store.Store, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("install: %s is not a Countersign data directory (run `countersign init --data %s` first)", dir, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	var cfg Config
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return nil, fmt.Errorf("install: %s: %w", ConfigFile, err)
+	}
+	url := cfg.Store
+	if o.StoreURL != "" {
+		url = o.StoreURL
+	}
+	return db.Open(ctx, storePath(dir, url), store.Options{Migrate: o.Migrate, SchemaMin: o.SchemaMin, SchemaMax: o.SchemaMax, Extra: o.ExtraMigrations, Logger: o.Logger})
 }
 
 // Open opens the installation in dir.
@@ -335,7 +358,7 @@ func open(ctx context.Context, dir string, cfg *Config, pass soft.Passphrase, o 
 		url = o.StoreURL
 	}
 	url = storePath(dir, url)
-	st, err := db.Open(ctx, url, store.Options{Migrate: o.Migrate, SchemaMin: o.SchemaMin, SchemaMax: o.SchemaMax, Logger: o.Logger})
+	st, err := db.Open(ctx, url, store.Options{Migrate: o.Migrate, SchemaMin: o.SchemaMin, SchemaMax: o.SchemaMax, Extra: o.ExtraMigrations, Logger: o.Logger})
 	if err != nil {
 		return nil, err
 	}

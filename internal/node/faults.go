@@ -13,6 +13,7 @@ import (
 
 	"github.com/countersign/countersign/internal/api"
 	"github.com/countersign/countersign/internal/sign"
+	"github.com/countersign/countersign/internal/store"
 )
 
 // Drill fault scenarios. A node honours them only when started in drill mode
@@ -22,7 +23,20 @@ const (
 	FaultMetadataDrift     = "metadata-drift"     // valid signatures over an unexpected digest algorithm
 	FaultHSMTimeouts       = "hsm-timeouts"       // the key provider stalls, then fails
 	FaultPartialPersist    = "partial-persist"    // signed, then the commit fails
+	// FaultIrreversibleMigration is a release that applies an expand
+	// migration (schema SchemaVersion+1) when it starts and then corrupts
+	// signatures: rolling back to a release that cannot read the new schema
+	// must be refused. The migration is applied by the node command; at
+	// run time it behaves as invalid-signatures.
+	FaultIrreversibleMigration = "irreversible-migration"
 )
+
+// DrillMigration is the expand-only migration an irreversible-migration
+// release applies: one new table, nothing dropped.
+func DrillMigration() store.Migration {
+	return store.Migration{Version: store.SchemaVersion + 1, Name: "drill_irreversible_expand",
+		SQL: "CREATE TABLE drill_release_v2_expansion (id INTEGER PRIMARY KEY, note TEXT NOT NULL)"}
+}
 
 // FaultScenarios lists the scenarios a node can inject.
 var FaultScenarios = []string{FaultInvalidSignatures, FaultMetadataDrift, FaultHSMTimeouts, FaultPartialPersist}
@@ -49,8 +63,11 @@ func NewFaults(scenario string, rate float64, seed uint64) (*Faults, error) {
 	for _, s := range FaultScenarios {
 		known = known || s == scenario
 	}
+	if scenario == FaultIrreversibleMigration {
+		known, scenario = true, FaultInvalidSignatures
+	}
 	if !known {
-		return nil, fmt.Errorf("node: unknown fault scenario %q (known: %v)", scenario, FaultScenarios)
+		return nil, fmt.Errorf("node: unknown fault scenario %q (known: %v, %s)", scenario, FaultScenarios, FaultIrreversibleMigration)
 	}
 	if rate <= 0 || rate > 1 {
 		return nil, fmt.Errorf("node: fault rate %v outside (0, 1]", rate)

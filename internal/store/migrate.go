@@ -72,6 +72,12 @@ func PrepareSchema(ctx context.Context, mg Migrator, ms []Migration, opts Option
 	if err != nil {
 		return 0, err
 	}
+	for i, m := range opts.Extra {
+		if m.Version != len(ms)+1 {
+			return 0, fmt.Errorf("store: extra migration %d (%s) must be version %d", m.Version, m.Name, len(ms)+1)
+		}
+		ms = append(ms[:len(ms):len(ms)], opts.Extra[i])
+	}
 	if opts.Migrate && v < len(ms) {
 		for _, m := range ms[v:] {
 			opts.Log().InfoContext(ctx, "store: applying migration", "version", m.Version, "name", m.Name)

@@ -48,6 +48,10 @@ type Options struct {
 	BusyTimeout time.Duration
 	// MaxConns caps the connection pool (default: SQLite 8, PostgreSQL 8).
 	MaxConns int
+	// Extra migrations follow the embedded ones (versions SchemaVersion+1,
+	// +2, ...). Only drills use them, to stand in for a newer release's
+	// expand migration ("irreversible-migration" scenario).
+	Extra []Migration
 	// Logger receives migration and open messages (default slog.Default()).
 	Logger *slog.Logger
 }
