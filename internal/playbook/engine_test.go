@@ -479,3 +479,37 @@ func TestJournalAndEvents(t *testing.T) {
 		t.Error("second run with the same ID succeeded")
 	}
 }
+
+// TestDependentOfUnavailableIsUnavailable: a step whose inputs come from a
+// step that did not run (unavailable) is recorded unavailable, naming that
+// step, not failed; one that references an output its producer simply did
+// not report still fails.
+func TestDependentOfUnavailableIsUnavailable(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		notify := &fn{}
+		h := newHarness(t, map[string]Action{"recon": Unavailable("reconciliation: not built"), "notify": notify, "ok": &fn{}}, nil)
+		s := h.spec(t, "name: p\nsteps:\n"+
+			"  - {id: reconcile, action: recon, on_unavailable: continue}\n"+
+			"  - {id: notify, action: notify, on_unavailable: continue, with: {report: '${steps.reconcile.outputs.report}'}}\n"+
+			"  - {id: after, action: ok}\n")
+		st, err := h.eng.Run(t.Context(), s, RunOptions{RunID: "r", Actor: "alice"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantStates(t, st, RunSucceeded, StepUnavailable, StepUnavailable, StepSucceeded)
+		if !strings.Contains(st.Steps[1].Error, `"reconcile"`) || !strings.Contains(st.Steps[1].Error, "not available in this build") {
+			t.Errorf("notify error = %q; want it to name the missing step", st.Steps[1].Error)
+		}
+		if notify.n() != 0 {
+			t.Errorf("notify ran %d times without its inputs", notify.n())
+		}
+
+		// A producer that ran but did not report the output is a real failure.
+		h2 := newHarness(t, map[string]Action{"ok": &fn{}}, nil)
+		s2 := h2.spec(t, "name: p\nsteps:\n  - {id: a, action: ok}\n  - {id: b, action: ok, with: {x: '${steps.a.outputs.missing}'}}\n")
+		st, _ = h2.eng.Run(t.Context(), s2, RunOptions{RunID: "r2", Actor: "alice"})
+		if st.Steps[1].State != StepFailed {
+			t.Errorf("b = %s; want failed when a ran but did not report the output", st.Steps[1].State)
+		}
+	})
+}
