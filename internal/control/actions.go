@@ -81,17 +81,18 @@ func actorCtx(ctx context.Context, c playbook.Call) context.Context {
 }
 
 // incidentFor finds the incident a run is about.
-func (w *World) incidentFor(c playbook.Call) (Incident, error) {
+func (w *World) incidentFor(ctx context.Context, c playbook.Call) (Incident, error) {
 	if id := c.Params["incident"]; id != "" {
-		if inc, ok := w.incidents.get(id); ok {
-			return inc, nil
-		}
-		return Incident{}, fmt.Errorf("no incident %s", id)
+		return w.incidents.get(ctx, id)
 	}
-	if inc, ok := w.incidents.openFor(c.Params["regressive_release"]); ok {
-		return inc, nil
+	inc, ok, err := w.incidents.openFor(ctx, c.Params["regressive_release"])
+	if err != nil {
+		return Incident{}, err
 	}
-	return Incident{}, fmt.Errorf("no open incident for release %s", c.Params["regressive_release"])
+	if !ok {
+		return Incident{}, fmt.Errorf("%w: none open for release %s", ErrNoIncident, c.Params["regressive_release"])
+	}
+	return inc, nil
 }
 
 // --- 1. classify
@@ -101,7 +102,7 @@ func (w *World) planClassify(ctx context.Context, c playbook.Call) (playbook.Pla
 }
 
 func (w *World) runClassify(ctx context.Context, c playbook.Call) (playbook.Outputs, error) {
-	inc, err := w.incidentFor(c)
+	inc, err := w.incidentFor(ctx, c)
 	if err != nil {
 		return nil, err
 	}
@@ -186,7 +187,7 @@ func (w *World) runMaintenance(ctx context.Context, c playbook.Call) (playbook.O
 	out["gate_on"] = g.On
 	out["since"] = g.Since.Format(time.RFC3339Nano)
 	out["async_intake"] = "no queue in this world"
-	if inc, err := w.incidentFor(c); err == nil && on {
+	if inc, err := w.incidentFor(ctx, c); err == nil && on {
 		now := w.now().UTC()
 		w.incidents.update(ctx, inc.ID, "incident.contained", map[string]any{"gate_on_at": now.Format(time.RFC3339Nano)},
 			func(i *Incident) {
@@ -209,7 +210,7 @@ func (w *World) planIncidentOpen(ctx context.Context, c playbook.Call) (playbook
 }
 
 func (w *World) runIncidentOpen(ctx context.Context, c playbook.Call) (playbook.Outputs, error) {
-	inc, err := w.incidentFor(c)
+	inc, err := w.incidentFor(ctx, c)
 	if err != nil {
 		return nil, err
 	}
@@ -511,7 +512,7 @@ func (w *World) runCanary(ctx context.Context, c playbook.Call) (playbook.Output
 			w.fleet.MarkGood(ctx, PoolCanary, p.Revision)
 		}
 	}
-	if inc, err := w.incidentFor(c); err == nil {
+	if inc, err := w.incidentFor(ctx, c); err == nil {
 		now := w.now().UTC()
 		w.incidents.update(ctx, inc.ID, "incident.restored", map[string]any{"restored_at": now.Format(time.RFC3339Nano), "verified": verified},
 			func(i *Incident) { i.RestoredAt, i.State = now, IncidentRestored })

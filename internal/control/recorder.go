@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -33,23 +34,85 @@ type recorder struct {
 	subs     []chan TimelineEntry
 }
 
-// Record implements gateway.Recorder and is used by every control action.
-func (r *recorder) Record(ctx context.Context, typ, subject string, details map[string]any) error {
-	now := r.now()
+// Settings that keep the gateway's routing across restarts of the control
+// plane: each is written in the same transaction as the audit event of the
+// change, so the evidence and the state that comes back never disagree.
+const (
+	settingWeights = "control.gateway.weights"
+	settingGate    = "control.gateway.gate"
+)
+
+// event builds the audit event of a control-plane change.
+func (r *recorder) event(ctx context.Context, typ, subject string, details map[string]any) (store.AuditEvent, error) {
 	actor := gateway.ActorFrom(ctx)
 	if actor == "" {
 		actor = "control"
 	}
-	ev, err := auditlog.Event{Type: typ, Time: now, Actor: actor, Release: r.release, Instance: r.instance,
+	return auditlog.Event{Type: typ, Time: r.now(), Actor: actor, Release: r.release, Instance: r.instance,
 		Subject: subject, Details: details}.Record()
+}
+
+// Record implements gateway.Recorder and is used by every control action.
+// Weight and gate changes are also persisted (see settingWeights).
+func (r *recorder) Record(ctx context.Context, typ, subject string, details map[string]any) error {
+	ev, err := r.event(ctx, typ, subject, details)
 	if err != nil {
 		return err
 	}
-	if _, err := r.st.AppendEvents(ctx, []store.AuditEvent{ev}); err != nil {
+	setting := ""
+	switch typ {
+	case gateway.EventWeights:
+		setting = settingWeights
+	case gateway.EventGate:
+		setting = settingGate
+	}
+	if setting != "" {
+		b, jerr := json.Marshal(details["after"])
+		if jerr != nil {
+			return fmt.Errorf("control: record %s: %w", typ, jerr)
+		}
+		err = r.st.SetSetting(ctx, setting, string(b), ev)
+	} else {
+		_, err = r.st.AppendEvents(ctx, []store.AuditEvent{ev})
+	}
+	if err != nil {
 		return fmt.Errorf("control: record %s: %w", typ, err)
 	}
-	r.note(TimelineEntry{Time: now, Kind: typ, Subject: subject, Details: details})
+	r.note(TimelineEntry{Time: ev.Time, Kind: typ, Subject: subject, Details: details})
 	return nil
+}
+
+// routing is the gateway routing persisted by Record.
+type routing struct {
+	Weights map[string]int
+	Gate    *gateway.Gate
+}
+
+// loadRouting reads the routing the previous control process left, if any.
+func loadRouting(ctx context.Context, st store.Store) (routing, error) {
+	var rt routing
+	if v, err := st.Setting(ctx, settingWeights); err != nil {
+		return rt, err
+	} else if v != "" {
+		if err := json.Unmarshal([]byte(v), &rt.Weights); err != nil {
+			return rt, fmt.Errorf("control: setting %s: %w", settingWeights, err)
+		}
+	}
+	if v, err := st.Setting(ctx, settingGate); err != nil {
+		return rt, err
+	} else if v != "" {
+		var g struct {
+			On         bool   `json:"on"`
+			RetryAfter int    `json:"retry_after"`
+			Reason     string `json:"reason"`
+			BlockReads bool   `json:"block_reads"`
+		}
+		if err := json.Unmarshal([]byte(v), &g); err != nil {
+			return rt, fmt.Errorf("control: setting %s: %w", settingGate, err)
+		}
+		rt.Gate = &gateway.Gate{On: g.On, RetryAfter: g.RetryAfter, Reason: g.Reason, BlockReads: g.BlockReads}
+	}
+	return rt, nil
 }
 
 // note adds to the timeline without an audit event (for observations that

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/countersign/countersign/internal/auditlog"
@@ -59,13 +60,26 @@ type Config struct {
 	// gates with the drill policy (said so in the journal).
 	Drill bool
 	// AutoRun starts the rollback playbook when the detector raises an
-	// alert (containment needs no human).
+	// alert. Without it the alert opens an incident (and contains, see
+	// NoAutoContain) and an operator starts the playbook.
 	AutoRun bool
+	// NoAutoContain turns off containment on alert. By default an alert
+	// zeroes the alerting canary pool's weight and turns the maintenance
+	// gate on at once, before the incident is even recorded: containment
+	// needs no human and no playbook.
+	NoAutoContain bool
 	// ProbeInterval (default 250ms).
 	ProbeInterval time.Duration
 	// Artifact is the countersign binary the fleet runs as every release
 	// (default: this executable).
 	Artifact string
+	// CrashAt arms a crash point for crash-resume drills (Drill only):
+	// "STEP/STATE[+DELAY]" kills this process with SIGKILL DELAY after the
+	// journal records STATE for STEP, e.g. "snapshot/succeeded".
+	CrashAt string
+	// WriteEndpoints writes <Dir>/control.json (the URLs, for the CLI)
+	// once everything listens, before /readyz answers 200; Close removes it.
+	WriteEndpoints bool
 	// Params are extra rollback playbook parameters (e.g. canary_hold).
 	Params map[string]string
 	Logger *slog.Logger
@@ -97,13 +111,16 @@ type World struct {
 	engine    *playbook.Engine
 	actions   *playbook.Registry
 	incidents *incidents
+	crash     *crashPoint
 
 	runCtx context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu   sync.Mutex
-	runs map[string]string // incident id → run id
+	ready   atomic.Bool // Start has finished: /readyz answers 200
+	startMu sync.Mutex  // serialises StartPlaybook
+	mu      sync.Mutex
+	driving map[string]bool // run id → driven by a goroutine of this process; w.mu must be held
 }
 
 // URLs of a running world.
@@ -141,13 +158,20 @@ func Start(ctx context.Context, cfg Config) (w *World, err error) {
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = probe.DefaultInterval
 	}
+	crash, err := parseCrashPoint(cfg.CrashAt)
+	if err != nil {
+		return nil, err
+	}
+	if crash != nil && !cfg.Drill {
+		return nil, errCrashNeedsDrill
+	}
 	dir, err := filepath.Abs(cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Dir = dir
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	w = &World{cfg: cfg, log: cfg.Logger, now: cfg.Now, runCtx: runCtx, cancel: cancel, runs: map[string]string{}}
+	w = &World{cfg: cfg, log: cfg.Logger, now: cfg.Now, runCtx: runCtx, cancel: cancel, driving: map[string]bool{}, crash: crash}
 	defer func() {
 		if err != nil {
 			w.Close()
@@ -162,7 +186,7 @@ func Start(ctx context.Context, cfg Config) (w *World, err error) {
 		return nil, err
 	}
 	w.rec = &recorder{st: w.inst.Store, release: "control", instance: instance, now: cfg.Now}
-	w.incidents = newIncidents(w.rec, cfg.Now)
+	w.incidents = newIncidents(w.inst.Store, w.rec, cfg.Now)
 	if err := w.startIntegrator(ctx); err != nil {
 		return nil, err
 	}
@@ -175,15 +199,24 @@ func Start(ctx context.Context, cfg Config) (w *World, err error) {
 	if err := w.startFleet(ctx); err != nil {
 		return nil, err
 	}
-	if err := w.startProbes(ctx); err != nil {
+	if err := w.startEngine(); err != nil {
 		return nil, err
 	}
-	if err := w.startEngine(); err != nil {
+	if err := w.startProbes(ctx); err != nil {
 		return nil, err
 	}
 	if err := w.startControlAPI(); err != nil {
 		return nil, err
 	}
+	if err := w.recoverRuns(ctx); err != nil {
+		return nil, err
+	}
+	if cfg.WriteEndpoints {
+		if err := WriteEndpoints(dir, w.URLs()); err != nil {
+			return nil, err
+		}
+	}
+	w.ready.Store(true)
 	w.rec.note(TimelineEntry{Time: w.now(), Kind: "world.up", Details: map[string]any{"gateway": w.gwURL, "control": w.ctlURL}})
 	return w, nil
 }
@@ -202,9 +235,19 @@ func (w *World) startIntegrator(ctx context.Context) error {
 }
 
 func (w *World) startGateway(ctx context.Context) error {
+	// A restarted control plane routes as the previous one left it: the
+	// gate stays on and a zeroed pool stays at zero.
+	rt, err := loadRouting(ctx, w.inst.Store)
+	if err != nil {
+		return err
+	}
+	weights := map[string]int{PoolStable: 100, PoolCanary: 0}
+	if rt.Weights != nil && rt.Weights[PoolStable]+rt.Weights[PoolCanary] == 100 {
+		weights = map[string]int{PoolStable: rt.Weights[PoolStable], PoolCanary: rt.Weights[PoolCanary]}
+	}
 	gw, err := gateway.New(gateway.Config{
 		Pools:          map[string][]string{PoolStable: nil, PoolCanary: nil},
-		Weights:        map[string]int{PoolStable: 100, PoolCanary: 0},
+		Weights:        weights,
 		Recorder:       w.rec,
 		HealthInterval: 250 * time.Millisecond,
 		Logger:         w.log,
@@ -213,6 +256,11 @@ func (w *World) startGateway(ctx context.Context) error {
 		return err
 	}
 	w.gw = gw
+	if rt.Gate != nil && rt.Gate.On {
+		if _, err := gw.SetGate(gateway.WithActor(ctx, ActorRestart), *rt.Gate); err != nil {
+			return fmt.Errorf("control: restore maintenance gate: %w", err)
+		}
+	}
 	w.goRun("gateway health", func(ctx context.Context) error { return gw.Run(ctx) })
 	admin, err := gateway.NewAdmin(gw, w.token)
 	if err != nil {
@@ -426,7 +474,10 @@ func (w *World) observe(f probe.Finding) {
 // onAlert opens an incident and, with AutoRun, starts the rollback playbook.
 func (w *World) onAlert(a probe.Alert) {
 	ctx := gateway.WithActor(w.runCtx, "detector")
-	if _, open := w.incidents.openFor(a.Release); open {
+	if _, open, err := w.incidents.openFor(ctx, a.Release); open || err != nil {
+		if err != nil {
+			w.log.Error("alert: look up incidents", "err", err)
+		}
 		return
 	}
 	// Contain before anything else (DESIGN: steps 1–2 run at once when the
@@ -435,7 +486,7 @@ func (w *World) onAlert(a probe.Alert) {
 	// before they take effect. The playbook's block-ingress step finds them
 	// done.
 	var contained *time.Time
-	if w.cfg.AutoRun {
+	if !w.cfg.NoAutoContain {
 		t := w.contain(ctx, a)
 		contained = &t
 	}
@@ -448,7 +499,7 @@ func (w *World) onAlert(a probe.Alert) {
 	if !w.cfg.AutoRun {
 		return
 	}
-	if _, err := w.StartPlaybook(ctx, inc.ID, "detector"); err != nil {
+	if _, err := w.StartPlaybook(ctx, inc.ID, "detector", nil); err != nil {
 		w.log.Error("start rollback playbook", "incident", inc.ID, "err", err)
 	}
 }
@@ -513,12 +564,23 @@ func (w *World) Fleet() *local.Fleet { return w.fleet }
 // Timeline returns what happened so far.
 func (w *World) Timeline() []TimelineEntry { return w.rec.Timeline() }
 
-// Incidents lists incidents.
-func (w *World) Incidents() []Incident { return w.incidents.list() }
+// Incidents lists incidents, oldest first, each with its run's state. A
+// store error yields what could be read and is logged.
+func (w *World) Incidents() []Incident {
+	incs, err := w.ListIncidents(w.runCtx)
+	if err != nil {
+		w.log.Error("list incidents", "err", err)
+	}
+	return incs
+}
 
 // Close stops everything: control API, probes, fleet processes (gracefully),
 // gateway, integrator, store.
 func (w *World) Close() error {
+	w.ready.Store(false)
+	if w.cfg.WriteEndpoints {
+		os.Remove(filepath.Join(w.cfg.Dir, EndpointsFile))
+	}
 	w.cancel()
 	var errs []error
 	shCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -537,7 +599,7 @@ func (w *World) Close() error {
 }
 
 func adminToken(dir string) (string, error) {
-	p := filepath.Join(dir, "admin-token")
+	p := filepath.Join(dir, AdminTokenFile)
 	if b, err := os.ReadFile(p); err == nil {
 		return strings.TrimSpace(string(b)), nil
 	}
