@@ -10,6 +10,8 @@ command -v softhsm2-util >/dev/null 2>&1 || need_pkgs+=(softhsm2)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need_pkgs+=(softhsm2)
 command -v certtool >/dev/null 2>&1 || need_pkgs+=(gnutls-bin)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+command -v jq >/dev/null 2>&1 || need_pkgs+=(jq)
+command -v xxd >/dev/null 2>&1 || need_pkgs+=(xxd)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "test-deps: installing ${need_pkgs[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
