@@ -2,6 +2,7 @@ package auditlog
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -23,15 +24,19 @@ func TestMain(m *testing.M) {
 }
 
 // BenchmarkAppendIntegrate measures sustained append + integrate of audit
-// events on SQLite, in batches of 1,000 events and one integration (with a
-// signed checkpoint) per 4 batches.
+// events on SQLite, in batches of 1,000 events. mode=inline integrates
+// (and signs a checkpoint) after every 4 batches in the appending
+// goroutine; mode=run integrates concurrently in Integrator.Run, as a node
+// does, and the clock stops when the last event is in a signed checkpoint.
 func BenchmarkAppendIntegrate(b *testing.B) {
 	for _, sync := range []string{store.SyncFull, store.SyncNormal} {
-		b.Run("sync="+sync, func(b *testing.B) { benchAppendIntegrate(b, sync) })
+		for _, mode := range []string{"inline", "run"} {
+			b.Run("sync="+sync+"/mode="+mode, func(b *testing.B) { benchAppendIntegrate(b, sync, mode == "run") })
+		}
 	}
 }
 
-func benchAppendIntegrate(b *testing.B, sync string) {
+func benchAppendIntegrate(b *testing.B, sync string, concurrent bool) {
 	ctx := context.Background()
 	dir := b.TempDir()
 	st, err := sqlite.Open(ctx, filepath.Join(dir, "bench.db"), store.Options{Migrate: true, Synchronous: sync})
@@ -40,7 +45,7 @@ func benchAppendIntegrate(b *testing.B, sync string) {
 	}
 	defer st.Close()
 	s, _ := testKey(b)
-	in, err := NewIntegrator(st, Config{Signer: s, HistoryPath: filepath.Join(dir, HistoryFile)})
+	in, err := NewIntegrator(st, Config{Signer: s, HistoryPath: filepath.Join(dir, HistoryFile), Interval: 50 * time.Millisecond})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -49,7 +54,12 @@ func benchAppendIntegrate(b *testing.B, sync string) {
 	for i := range evs {
 		evs[i] = testEvent(b, i)
 	}
+	runCtx, stop := context.WithCancel(ctx)
+	runErr := make(chan error, 1)
 	b.ResetTimer()
+	if concurrent {
+		go func() { runErr <- in.Run(runCtx) }()
+	}
 	n := 0
 	for n < b.N {
 		k := min(batch, b.N-n)
@@ -57,10 +67,26 @@ func benchAppendIntegrate(b *testing.B, sync string) {
 			b.Fatal(err)
 		}
 		n += k
-		if n%(4*batch) == 0 || n == b.N {
+		if !concurrent && (n%(4*batch) == 0 || n == b.N) {
 			if _, err := in.IntegrateOnce(ctx); err != nil {
 				b.Fatal(err)
 			}
+		}
+	}
+	if concurrent {
+		for {
+			cp, err := st.LatestCheckpoint(ctx)
+			if err == nil && cp.Size == int64(b.N) {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	b.StopTimer()
+	stop()
+	if concurrent {
+		if err := <-runErr; !errors.Is(err, context.Canceled) {
+			b.Fatal(err)
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
@@ -70,33 +96,58 @@ const bigSize = 1_000_000
 
 var (
 	bigOnce sync.Once
-	bigDir  string
+	bigDir  string // temporary, removed by TestMain
+	bigPath string // where the big log is
 	bigSt   *sqlite.Store
 	bigKey  string
 	bigErr  error
 )
 
-// bigLog builds a 1,000,000-entry log once per benchmark run.
+// benchDirEnv names a directory where bigLog keeps the 1,000,000-entry
+// log between runs (building it takes about a minute). Unset, the log is
+// built in a temporary directory and removed when the run ends.
+const benchDirEnv = "AUDITLOG_BENCH_DIR"
+
+// bigLog builds a 1,000,000-entry log once per benchmark run, or reuses
+// the complete one kept in $AUDITLOG_BENCH_DIR.
 func bigLog(b *testing.B) (*sqlite.Store, string, string) {
 	b.Helper()
 	bigOnce.Do(func() {
 		ctx := context.Background()
 		start := time.Now()
-		if bigDir, bigErr = os.MkdirTemp("", "auditlog-bench-"); bigErr != nil {
+		dir, keep := os.LookupEnv(benchDirEnv)
+		if keep {
+			bigErr = os.MkdirAll(dir, 0o755)
+		} else {
+			dir, bigErr = os.MkdirTemp("", "auditlog-bench-")
+			bigDir = dir // removed by TestMain
+		}
+		if bigErr != nil {
 			return
 		}
-		if bigSt, bigErr = sqlite.Open(ctx, filepath.Join(bigDir, "big.db"), store.Options{Migrate: true, Synchronous: store.SyncNormal}); bigErr != nil {
+		if bigSt, bigErr = sqlite.Open(ctx, filepath.Join(dir, "big.db"), store.Options{Migrate: true, Synchronous: store.SyncNormal}); bigErr != nil {
 			return
 		}
 		s, vkey := testKey(b)
 		bigKey = vkey
-		in, err := NewIntegrator(bigSt, Config{Signer: s, HistoryPath: filepath.Join(bigDir, HistoryFile), BatchSize: 20000})
+		if cp, err := bigSt.LatestCheckpoint(ctx); err == nil && cp.Size == bigSize {
+			b.Logf("reusing the %d-entry log in %s", bigSize, dir)
+			bigPath = dir
+			return
+		}
+		in, err := NewIntegrator(bigSt, Config{Signer: s, HistoryPath: filepath.Join(dir, HistoryFile), BatchSize: 20000})
+		if err != nil {
+			bigErr = err
+			return
+		}
+		size, err := bigSt.AuditSize(ctx)
 		if err != nil {
 			bigErr = err
 			return
 		}
 		evs := make([]store.AuditEvent, 10000)
-		for done := 0; done < bigSize; done += len(evs) {
+		for done := int(size); done < bigSize; done += len(evs) {
+			evs = evs[:min(len(evs), bigSize-done)]
 			for i := range evs {
 				evs[i] = testEvent(b, done+i)
 			}
@@ -107,35 +158,44 @@ func bigLog(b *testing.B) (*sqlite.Store, string, string) {
 				return
 			}
 		}
+		bigPath = dir
 		b.Logf("built a %d-entry log in %v", bigSize, time.Since(start))
 	})
 	if bigErr != nil {
 		b.Fatal(bigErr)
 	}
-	return bigSt, bigKey, bigDir
+	return bigSt, bigKey, bigPath
 }
 
 // BenchmarkInclusionProof1M measures inclusion proofs at random indexes in
 // a 1,000,000-entry tree read from SQLite, reporting p50 and p99 (each op
-// is 1,000 proofs).
+// is 1,000 proofs): reader=store is ProveInclusion on the store (the CLI),
+// reader=cached goes through the upper-hash cache the node's Handler uses
+// (warm after the first op).
 func BenchmarkInclusionProof1M(b *testing.B) {
 	st, _, _ := bigLog(b)
-	ctx := context.Background()
-	r := rand.New(rand.NewPCG(3, 4))
-	var lat []time.Duration
-	b.ResetTimer()
-	for b.Loop() { // 1,000 proofs per op, for a meaningful p99
-		for range 1000 {
-			t0 := time.Now()
-			if _, err := ProveInclusion(ctx, st, r.Int64N(bigSize), bigSize); err != nil {
-				b.Fatal(err)
+	for _, tc := range []struct {
+		name string
+		r    Reader
+	}{{"store", st}, {"cached", newHashCache(st)}} {
+		b.Run("reader="+tc.name, func(b *testing.B) {
+			ctx := context.Background()
+			r := rand.New(rand.NewPCG(3, 4))
+			var lat []time.Duration
+			for b.Loop() { // 1,000 proofs per op, for a meaningful p99
+				for range 1000 {
+					t0 := time.Now()
+					if _, err := ProveInclusion(ctx, tc.r, r.Int64N(bigSize), bigSize); err != nil {
+						b.Fatal(err)
+					}
+					lat = append(lat, time.Since(t0))
+				}
 			}
-			lat = append(lat, time.Since(t0))
-		}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
 	}
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }
 
 // BenchmarkVerify1M measures a full offline verify (every entry re-hashed,

@@ -52,7 +52,9 @@ func Handler(r Reader, logger *slog.Logger) http.Handler {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	h := &handler{src: StoreSource{R: r}, r: r, log: logger}
+	// Proofs read upper tree hashes through a cache; tiles and bundles
+	// are read from the store as they are.
+	h := &handler{src: StoreSource{R: r}, r: newHashCache(r), log: logger}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathPrefix+"checkpoint", h.static)
 	mux.HandleFunc("GET "+PathPrefix+"tile/", h.static)

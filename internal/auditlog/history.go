@@ -11,6 +11,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -185,7 +188,7 @@ func CheckFork(ctx context.Context, st Reader, historyPath string) error {
 	if size < rec.Size {
 		return fe(-1, "the store's tree has %d entries, fewer than the %d already checkpointed", size, rec.Size)
 	}
-	if err := recheckTree(ctx, st, size); err != nil {
+	if err := recheckTree(ctx, st, size, recheckChunk); err != nil {
 		var te *treeMismatch
 		if errors.As(err, &te) {
 			return fe(te.leaf, "%s", te.msg)
@@ -211,49 +214,96 @@ type treeMismatch struct {
 
 func (e *treeMismatch) Error() string { return e.msg }
 
-// recheckBatch is the number of events re-hashed per store read.
-const recheckBatch = 4096
+// recheckChunk is the number of events re-hashed per store read in
+// CheckFork: large enough that per-query costs vanish, small enough to keep
+// a few chunks in memory (about 5 MB each).
+const recheckChunk = 16384
 
 // recheckTree recomputes every stored hash of the first size leaves from
-// the events and compares it with the store. Each batch's expected hashes
-// are derived from earlier, already-checked stored hashes, so by induction
-// every stored hash is checked against the events.
-func recheckTree(ctx context.Context, st Reader, size int64) error {
-	base := storeHashes(ctx, st)
-	for from := int64(0); from < size; from += recheckBatch {
-		n := min(recheckBatch, size-from)
-		evs, err := readEvents(ctx, st, from, n)
+// the events and compares it with the store, in chunks of chunk events
+// checked on GOMAXPROCS workers.
+//
+// A chunk's hashes are computed from its events and the stored roots of
+// the complete subtrees to its left (its frontier). Those roots belong to
+// earlier chunks, which compare them with their own recomputation, so if
+// every chunk agrees, by induction on chunk order every stored hash equals
+// the hash recomputed from the events. Chunks are claimed in index order
+// and no chunk after a failed one is started, so the error returned is the
+// one of the lowest failing chunk: the first storage index that differs,
+// whatever the number of workers.
+func recheckTree(ctx context.Context, st Reader, size, chunk int64) error {
+	chunks := (size + chunk - 1) / chunk
+	errs := make([]error, chunks)
+	var next atomic.Int64
+	var firstFailed atomic.Int64
+	firstFailed.Store(chunks)
+	var wg sync.WaitGroup
+	for range min(int64(runtime.GOMAXPROCS(0)), chunks) {
+		wg.Go(func() {
+			for {
+				c := next.Add(1) - 1
+				if c >= chunks || c > firstFailed.Load() {
+					return
+				}
+				from := c * chunk
+				if errs[c] = recheckRange(ctx, st, from, min(chunk, size-from)); errs[c] != nil {
+					lowerTo(&firstFailed, c)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
-			if errors.Is(err, ErrGap) {
-				return &treeMismatch{leaf: from, msg: err.Error()}
-			}
 			return err
-		}
-		b := newBatchHasher(base, from)
-		for _, ev := range evs {
-			if err := b.add(tlog.RecordHash(ev.Entry)); err != nil {
-				return err
-			}
-		}
-		want := b.indexed()
-		idx := make([]int64, len(want))
-		for i, h := range want {
-			idx[i] = h.Index
-		}
-		got, err := base.ReadHashes(idx)
-		if err != nil {
-			return err
-		}
-		for i, h := range want {
-			if got[i] == h.Hash {
-				continue
-			}
-			level, n := tlog.SplitStoredHashIndex(h.Index)
-			if level == 0 {
-				return &treeMismatch{leaf: n, msg: fmt.Sprintf("audit event %d does not hash to the stored leaf hash (the event or the hash was changed)", n)}
-			}
-			return &treeMismatch{leaf: n << level, msg: fmt.Sprintf("stored tree hash at level %d, index %d (covering events from %d) differs from the hash recomputed from the events", level, n, n<<level)}
 		}
 	}
 	return nil
+}
+
+// recheckRange recomputes the stored hashes of leaves [from, from+n) from
+// the events and the stored frontier, reads the stored ones in one
+// contiguous range and returns a *treeMismatch at the first difference.
+func recheckRange(ctx context.Context, st Reader, from, n int64) error {
+	evs, err := readEvents(ctx, st, from, n)
+	if err != nil {
+		if ge := (*gapError)(nil); errors.As(err, &ge) {
+			return &treeMismatch{leaf: ge.index, msg: err.Error()}
+		}
+		return err
+	}
+	b, err := newBatchHasher(storeHashes(ctx, st), from)
+	if err != nil {
+		return err
+	}
+	for _, ev := range evs {
+		if err := b.add(tlog.RecordHash(ev.Entry)); err != nil {
+			return err
+		}
+	}
+	got, err := readHashRange(ctx, st, b.first, b.first+int64(len(b.hashes)))
+	if err != nil {
+		return err
+	}
+	for i, h := range b.hashes {
+		if got[i] == h {
+			continue
+		}
+		level, n := tlog.SplitStoredHashIndex(b.first + int64(i))
+		if level == 0 {
+			return &treeMismatch{leaf: n, msg: fmt.Sprintf("audit event %d does not hash to the stored leaf hash (the event or the hash was changed)", n)}
+		}
+		return &treeMismatch{leaf: n << level, msg: fmt.Sprintf("stored tree hash at level %d, index %d (covering events from %d) differs from the hash recomputed from the events", level, n, n<<level)}
+	}
+	return nil
+}
+
+// lowerTo sets a to v if v is smaller.
+func lowerTo(a *atomic.Int64, v int64) {
+	for {
+		cur := a.Load()
+		if v >= cur || a.CompareAndSwap(cur, v) {
+			return
+		}
+	}
 }

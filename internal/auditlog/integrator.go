@@ -190,7 +190,10 @@ func (in *Integrator) integrateBatchLocked(ctx context.Context, from, n int64) e
 	if err != nil {
 		return err
 	}
-	b := newBatchHasher(storeHashes(ctx, in.st), from)
+	b, err := newBatchHasher(storeHashes(ctx, in.st), from)
+	if err != nil {
+		return err
+	}
 	for _, ev := range evs {
 		if err := b.add(tlog.RecordHash(ev.Entry)); err != nil {
 			return err

@@ -170,6 +170,9 @@ func ProveIndex(ctx context.Context, r Reader, index int64) (Proof, error) {
 	if err != nil {
 		return Proof{}, fmt.Errorf("auditlog: latest checkpoint: %w", err)
 	}
+	if index < 0 {
+		return Proof{}, fmt.Errorf("%w: event index %d is negative", ErrNotFound, index)
+	}
 	if index >= cp.Size {
 		return Proof{}, fmt.Errorf("%w: event %d is not yet in a checkpoint (latest covers %d events); wait for the node to integrate it",
 			ErrNoCheckpoint, index, cp.Size)
@@ -178,9 +181,10 @@ func ProveIndex(ctx context.Context, r Reader, index int64) (Proof, error) {
 	if err != nil {
 		return Proof{}, err
 	}
-	hs, err := ProveInclusion(ctx, r, index, cp.Size)
+	// cp covers index: prove against it without reading it again.
+	hs, err := tlog.ProveRecord(cp.Size, index, storeHashes(ctx, r))
 	if err != nil {
-		return Proof{}, err
+		return Proof{}, fmt.Errorf("auditlog: prove inclusion of %d in %d: %w", index, cp.Size, err)
 	}
 	return Proof{Extra: evs[0].Entry, Index: index, Hashes: hs, Checkpoint: cp.Note}, nil
 }

@@ -25,7 +25,10 @@ func newMemTree(t testing.TB, entries [][]byte, batch int) *memTree {
 	m := &memTree{entries: entries, hashes: map[int64][32]byte{}}
 	ctx := context.Background()
 	for from := 0; from < len(entries); from += batch {
-		b := newBatchHasher(storeHashes(ctx, m), int64(from))
+		b, err := newBatchHasher(storeHashes(ctx, m), int64(from))
+		if err != nil {
+			t.Fatal(err)
+		}
 		for _, e := range entries[from:min(from+batch, len(entries))] {
 			if err := b.add(tlog.RecordHash(e)); err != nil {
 				t.Fatal(err)

@@ -54,9 +54,18 @@ func storeHashes(ctx context.Context, r Reader) tlog.HashReader {
 	})
 }
 
+// gapError is a missing or misplaced audit event. It unwraps to ErrGap.
+type gapError struct {
+	index int64 // the first index that is wrong
+	msg   string
+}
+
+func (e *gapError) Error() string { return ErrGap.Error() + ": " + e.msg }
+func (e *gapError) Unwrap() error { return ErrGap }
+
 // readEvents returns events [from, from+n) and checks the store returned
-// exactly those indexes, in order: a missing or misplaced row is an error
-// naming the first index that is wrong.
+// exactly those indexes, in order: a missing or misplaced row is a
+// *gapError naming the first index that is wrong.
 func readEvents(ctx context.Context, r Reader, from, n int64) ([]store.AuditEvent, error) {
 	evs, err := r.AuditEvents(ctx, from, n)
 	if err != nil {
@@ -64,11 +73,12 @@ func readEvents(ctx context.Context, r Reader, from, n int64) ([]store.AuditEven
 	}
 	for i, ev := range evs {
 		if want := from + int64(i); ev.Index != want {
-			return nil, fmt.Errorf("%w: audit event %d is missing or out of place (store returned index %d in its position)", ErrGap, want, ev.Index)
+			return nil, &gapError{index: want, msg: fmt.Sprintf("audit event %d is missing or out of place (store returned index %d in its position)", want, ev.Index)}
 		}
 	}
 	if int64(len(evs)) != n {
-		return nil, fmt.Errorf("%w: audit event %d is missing (store returned %d of %d events from %d)", ErrGap, from+int64(len(evs)), len(evs), n, from)
+		at := from + int64(len(evs))
+		return nil, &gapError{index: at, msg: fmt.Sprintf("audit event %d is missing (store returned %d of %d events from %d)", at, len(evs), n, from)}
 	}
 	return evs, nil
 }
@@ -86,8 +96,41 @@ type batchHasher struct {
 	cache  map[int64]tlog.Hash
 }
 
-func newBatchHasher(base tlog.HashReader, start int64) *batchHasher {
-	return &batchHasher{base: base, start: start, first: tlog.StoredHashIndex(0, start), cache: map[int64]tlog.Hash{}}
+// newBatchHasher returns a hasher for leaves appended at start. It reads
+// the batch's frontier, the roots of the complete subtrees left of start
+// (all the earlier hashes the batch can need), in one read.
+func newBatchHasher(base tlog.HashReader, start int64) (*batchHasher, error) {
+	b := &batchHasher{base: base, start: start, first: tlog.StoredHashIndex(0, start), cache: map[int64]tlog.Hash{}}
+	idx := frontier(start)
+	if len(idx) == 0 {
+		return b, nil
+	}
+	hs, err := base.ReadHashes(idx)
+	if err != nil {
+		return nil, err
+	}
+	if len(hs) != len(idx) {
+		return nil, fmt.Errorf("auditlog: read %d frontier hashes, got %d", len(idx), len(hs))
+	}
+	for i, x := range idx {
+		b.cache[x] = hs[i]
+	}
+	return b, nil
+}
+
+// frontier returns the storage indexes of the roots of the maximal
+// complete subtrees that make up leaves [0, n), left to right: one per set
+// bit of n.
+func frontier(n int64) []int64 {
+	var out []int64
+	var start int64
+	for level := 62; level >= 0; level-- {
+		if n&(1<<level) != 0 {
+			out = append(out, tlog.StoredHashIndex(level, start>>level))
+			start += 1 << level
+		}
+	}
+	return out
 }
 
 // ReadHashes implements tlog.HashReader.
@@ -142,4 +185,38 @@ func (b *batchHasher) indexed() []store.IndexedHash {
 		out[i] = store.IndexedHash{Index: b.first + int64(i), Hash: h}
 	}
 	return out
+}
+
+// rangeReader is the optional capability of a Reader to read a contiguous
+// run of stored hashes in one query (store.Store has it).
+type rangeReader interface {
+	TreeHashRange(ctx context.Context, from, to int64) ([][32]byte, error)
+}
+
+// readHashRange returns the stored hashes at storage indexes [from, to),
+// in one range read when r supports it.
+func readHashRange(ctx context.Context, r Reader, from, to int64) ([]tlog.Hash, error) {
+	if to <= from {
+		return nil, nil
+	}
+	rr, ok := r.(rangeReader)
+	if !ok {
+		idx := make([]int64, to-from)
+		for i := range idx {
+			idx[i] = from + int64(i)
+		}
+		return storeHashes(ctx, r).ReadHashes(idx)
+	}
+	hs, err := rr.TreeHashRange(ctx, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("auditlog: read tree hashes [%d, %d): %w", from, to, err)
+	}
+	if int64(len(hs)) != to-from {
+		return nil, fmt.Errorf("auditlog: store returned %d tree hashes for [%d, %d)", len(hs), from, to)
+	}
+	out := make([]tlog.Hash, len(hs))
+	for i, h := range hs {
+		out[i] = tlog.Hash(h)
+	}
+	return out, nil
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -203,46 +203,40 @@ func checkConsistent(old, cur Checkpoint, r tlog.HashReader) error {
 
 // verifyEntries re-hashes every entry bundle against its level-0 tile and
 // returns the roots of the full level-0 tiles (the expected level-1 hashes).
-// Bundles are fetched in order and checked on GOMAXPROCS workers; the
-// error reported is the one at the lowest index.
+// Bundles are fetched and checked on GOMAXPROCS workers (so file reads and
+// HTTP round trips overlap with hashing), claimed in index order; after a
+// failure no later bundle is started, and the error reported is the one at
+// the lowest index.
 func verifyEntries(ctx context.Context, src TileSource, size int64, progress func(int64, int64)) ([]tlog.Hash, error) {
 	count := tileCount(size, 0)
 	roots := make([]tlog.Hash, size/(tileWidth))
 	errs := make([]error, count)
+	var failed atomic.Bool
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
-	var fetchErr error
 	for n := range count {
-		if fetchErr = ctx.Err(); fetchErr != nil {
-			break
-		}
-		bt, _ := tileFor(size, entriesLevel, n)
-		ht := bt
-		ht.L = 0
-		bundle, err := src.Fetch(ctx, tilePath(bt))
-		if err != nil {
-			fetchErr = err
-			break
-		}
-		hashes, err := src.Fetch(ctx, tilePath(ht))
-		if err != nil {
-			fetchErr = err
-			break
-		}
 		sem <- struct{}{}
+		if failed.Load() {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			errs[n] = err
+			break
+		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			root, err := checkBundle(bt, ht, bundle, hashes)
+			root, err := fetchAndCheckBundle(ctx, src, size, n)
 			if err != nil {
 				errs[n] = err
+				failed.Store(true)
 				return
 			}
-			if ht.W == tileWidth {
+			if n < int64(len(roots)) { // a partial last bundle has no root
 				roots[n] = root
 			}
 		})
 		if progress != nil {
-			progress(n*tileWidth+int64(bt.W), size)
+			progress(min((n+1)*tileWidth, size), size)
 		}
 	}
 	wg.Wait()
@@ -251,10 +245,24 @@ func verifyEntries(ctx context.Context, src TileSource, size int64, progress fun
 			return nil, err
 		}
 	}
-	if fetchErr != nil {
-		return nil, fetchErr
-	}
 	return roots, nil
+}
+
+// fetchAndCheckBundle fetches entry bundle n and its level-0 tile and
+// checks them (checkBundle); it returns the tile's root when it is full.
+func fetchAndCheckBundle(ctx context.Context, src TileSource, size, n int64) (tlog.Hash, error) {
+	bt, _ := tileFor(size, entriesLevel, n)
+	ht := bt
+	ht.L = 0
+	bundle, err := src.Fetch(ctx, tilePath(bt))
+	if err != nil {
+		return tlog.Hash{}, err
+	}
+	hashes, err := src.Fetch(ctx, tilePath(ht))
+	if err != nil {
+		return tlog.Hash{}, err
+	}
+	return checkBundle(bt, ht, bundle, hashes)
 }
 
 // checkBundle checks one entry bundle against its level-0 tile and returns
@@ -385,25 +393,6 @@ func (p plainTileReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 		}
 	}
 	return out, nil
-}
-
-// CheckEntry checks that b is a canonical audit entry as Event.Record
-// writes it: known fields only, in order, no insignificant whitespace.
-func CheckEntry(b []byte) error {
-	var e entry
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&e); err != nil {
-		return fmt.Errorf("entry is not an audit entry: %w", err)
-	}
-	if e.V != EntryVersion {
-		return fmt.Errorf("entry has version %d, this binary knows %d", e.V, EntryVersion)
-	}
-	again, err := json.Marshal(e)
-	if err != nil || !bytes.Equal(again, b) {
-		return errors.New("entry is not in canonical form")
-	}
-	return nil
 }
 
 // Export writes the log as static files in the tlog-tiles layout under
