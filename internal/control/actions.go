@@ -35,8 +35,6 @@ func (a actionFunc) Run(ctx context.Context, c playbook.Call) (playbook.Outputs,
 }
 
 // registerActions binds the rollback playbook's built-in actions to w.
-// Steps whose parts are not built yet are registered as unavailable, so the
-// engine and the drill report them as such, never as passed.
 func (w *World) registerActions(r *playbook.Registry) error {
 	acts := map[string]playbook.Action{
 		"incident.classify":   actionFunc{w.planClassify, w.runClassify},
@@ -47,10 +45,10 @@ func (w *World) registerActions(r *playbook.Registry) error {
 		"fleet.rollback":      actionFunc{w.planRollback, w.runRollback},
 		"probe.smoke":         actionFunc{w.planSmoke, w.runSmoke},
 		"gateway.canary":      actionFunc{w.planCanary, w.runCanary},
-		"reconcile.replay":    playbook.Unavailable("replay of in-flight work is not built yet (issue: reconciliation and evidence)"),
-		"reconcile.audit":     playbook.Unavailable("audit reconciliation and window verification are not built yet (issue: reconciliation and evidence)"),
-		"notify.customers":    playbook.Unavailable("customer and regulator notices are not built yet (issue: communications and postmortem)"),
-		"incident.close":      playbook.Unavailable("signed report, evidence bundle and postmortem are not built yet (issues: reconciliation/evidence, communications)"),
+		"reconcile.replay":    actionFunc{w.planReplay, w.runReplay},
+		"reconcile.audit":     actionFunc{w.planReconcile, w.runReconcile},
+		"notify.customers":    actionFunc{w.planNotify, w.runNotify},
+		"incident.close":      actionFunc{w.planClose, w.runClose},
 	}
 	for _, name := range playbook.RollbackActions {
 		a, ok := acts[name]
@@ -206,7 +204,7 @@ func (w *World) runMaintenance(ctx context.Context, c playbook.Call) (playbook.O
 
 func (w *World) planIncidentOpen(ctx context.Context, c playbook.Call) (playbook.Plan, error) {
 	return playbook.Plan{Changes: []playbook.Change{{Target: "incident", To: "commander " + str(c, "commander")}},
-		Notes: []string{"phase A notice: notify is not built yet and will be reported as not sent"}}, nil
+		Notes: []string{"phase A (internal) notice to " + filepath.Join(w.cfg.Dir, IncidentsDir, "<incident>", NoticesDir) + webhookNote(w.cfg.NotifyWebhook)}}, nil
 }
 
 func (w *World) runIncidentOpen(ctx context.Context, c playbook.Call) (playbook.Outputs, error) {
@@ -221,9 +219,12 @@ func (w *World) runIncidentOpen(ctx context.Context, c playbook.Call) (playbook.
 	if err != nil {
 		return nil, err
 	}
-	w.log.Warn("phase A notice NOT SENT: notifications are not built into this release", "incident", inc.ID)
+	rec, err := w.phaseANotice(ctx, c, inc)
+	if err != nil {
+		return nil, fmt.Errorf("phase A notice: %w", err)
+	}
 	return playbook.Outputs{"incident_id": inc.ID, "channel": "#" + strings.ToLower(inc.ID),
-		"notice_phase_a": "not sent: notifications are not built yet"}, nil
+		"notice_phase_a": rec.Notice.Digest, "notices": noticeOutputs([]NoticeRecord{rec})}, nil
 }
 
 // --- 4. snapshot
@@ -267,8 +268,12 @@ func (w *World) runSnapshot(ctx context.Context, c playbook.Call) (playbook.Outp
 		return nil, err
 	}
 	size, _ := w.inst.Store.TreeSize(ctx)
+	n, err := w.inFlight(ctx)
+	if err != nil {
+		return nil, err
+	}
 	return playbook.Outputs{"manifest": m.ObjectName(), "manifest_sha256": sum, "snapshot_dir": filepath.Join(w.cfg.Dir, "snapshots"),
-		"audit_checkpoint": size, "in_flight": 0}, nil
+		"audit_checkpoint": size, "in_flight": n}, nil
 }
 
 // --- 5. isolate
@@ -576,4 +581,11 @@ func (w *World) verifyStored(ctx context.Context, s store.Signature) error {
 			sign.VerifyKey{Public: pub, Algorithm: alg, Chain: chain})
 	}
 	return fmt.Errorf("key %s/%s has no version %d", s.TenantID, s.KeyName, s.KeyVersion)
+}
+
+func webhookNote(url string) string {
+	if url == "" {
+		return ""
+	}
+	return " and webhook " + url
 }

@@ -13,5 +13,8 @@
 // the same data directory continues. Incidents, playbook journals and the
 // gateway's weights and gate are in the store, each change committed with
 // its audit event; on Start every run journaled as running is resumed, so
-// no completed step runs twice.
+// no completed step runs twice. The steps that leave files (reconciliation
+// report, notices, evidence bundle, postmortem, under
+// <data>/incidents/<id>/) write them whole and reuse them on a re-run, so a
+// step resumed after a crash makes no second report, notice or bundle.
 package control

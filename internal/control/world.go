@@ -26,6 +26,7 @@ import (
 	"github.com/countersign/countersign/internal/install"
 	"github.com/countersign/countersign/internal/keys"
 	"github.com/countersign/countersign/internal/keys/soft"
+	"github.com/countersign/countersign/internal/notify"
 	"github.com/countersign/countersign/internal/playbook"
 	"github.com/countersign/countersign/internal/probe"
 	"github.com/countersign/countersign/internal/store"
@@ -82,8 +83,13 @@ type Config struct {
 	WriteEndpoints bool
 	// Params are extra rollback playbook parameters (e.g. canary_hold).
 	Params map[string]string
-	Logger *slog.Logger
-	Now    func() time.Time
+	// NotifyWebhook, when set, receives every incident notice as well as
+	// the file channel (<Dir>/incidents/<id>/notices/), signed with
+	// NotifyWebhookSecret (HMAC-SHA256, Standard Webhooks headers).
+	NotifyWebhook       string
+	NotifyWebhookSecret notify.Secret
+	Logger              *slog.Logger
+	Now                 func() time.Time
 }
 
 // World is a running embedded Countersign installation.
@@ -188,6 +194,9 @@ func Start(ctx context.Context, cfg Config) (w *World, err error) {
 	w.rec = &recorder{st: w.inst.Store, release: "control", instance: instance, now: cfg.Now}
 	w.incidents = newIncidents(w.inst.Store, w.rec, cfg.Now)
 	if err := w.startIntegrator(ctx); err != nil {
+		return nil, err
+	}
+	if err := w.ensureLeadKey(ctx); err != nil {
 		return nil, err
 	}
 	if w.token, err = adminToken(dir); err != nil {

@@ -6,6 +6,8 @@
 // approval policy auto-grants gates and says so in the journal), and
 // measures what an auditor would ask: time to detect, contain and restore,
 // requests lost and duplicated (both must be 0), audit-log consistency
-// across the incident, and which playbook steps ran, failed or are not
-// available in this build.
+// across the incident, what reconciliation found (the scenario's fault must
+// show), every notice delivered (file channel and a loopback webhook whose
+// HMAC the drill checks), the evidence bundle verified offline, and which
+// playbook steps ran, failed or are not available in this build.
 package drill

@@ -127,7 +127,18 @@ type Report struct {
 	Incident    string   `json:"incident,omitempty"`
 	// Refusal is the rollback step's refusal, with its plan, in scenarios
 	// where rolling back would downgrade the schema.
-	Refusal    string `json:"refusal,omitempty"`
+	Refusal string `json:"refusal,omitempty"`
+	// Reconciliation counts the reconcile step's verdicts (and replays).
+	Reconciliation *Reconciliation `json:"reconciliation,omitempty"`
+	// Notices are the incident's notice deliveries, copied under
+	// <out>/notices/ (one file per notice, named by phase and tenant).
+	Notices []Notice `json:"notices"`
+	// EvidenceBundle is the close step's bundle; EvidenceVerified says the
+	// drill verified it offline against the incident lead's public key.
+	EvidenceBundle   string `json:"evidence_bundle"`
+	EvidenceVerified bool   `json:"evidence_verified"`
+	// Postmortem is the draft, copied to <out>/postmortem.md.
+	Postmortem string `json:"postmortem"`
 	RunID      string `json:"run_id,omitempty"`
 	RunState   string `json:"run_state,omitempty"`
 	Dir        string `json:"dir"`
@@ -174,8 +185,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	rcv, err := startReceiver()
+	if err != nil {
+		return nil, fmt.Errorf("drill: notice webhook receiver: %w", err)
+	}
+	defer rcv.close()
 	w, err := control.Start(ctx, control.Config{Dir: dir, Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", ControlListen: "127.0.0.1:0",
 		Drill: true, AutoRun: true, Logger: cfg.Logger, Artifact: cfg.Artifact,
+		NotifyWebhook: rcv.url, NotifyWebhookSecret: rcv.secret,
 		Params: map[string]string{"canary_hold": cfg.CanaryHold.String(), "retry_after": "1s", "incident_commander": "drill"}})
 	if err != nil {
 		return nil, err
@@ -222,7 +239,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.Incident, rep.RunID = inc.ID, runID
 	rep.RunState = string(final.State)
 
-	grade(ctx, rep, w, st, outs, inc, deployed, before, &cfg, final)
+	grade(ctx, rep, w, st, outs, inc, deployed, before, &cfg, final, rcv)
 	rep.DurationMs = time.Since(start).Milliseconds()
 	return rep, nil
 }
@@ -304,7 +321,7 @@ func waitRun(ctx context.Context, w *control.World, cfg *Config) (control.Incide
 }
 
 func grade(ctx context.Context, rep *Report, w *control.World, st store.Store, outs []outcome, inc control.Incident,
-	deployed time.Time, before store.Checkpoint, cfg *Config, final playbook.Status) {
+	deployed time.Time, before store.Checkpoint, cfg *Config, final playbook.Status, rcv *receiver) {
 	ctx = context.WithoutCancel(ctx)
 	// Requests: every 2xx must be a persisted signature with its audit
 	// event; no idempotency key may have two signatures.
@@ -400,7 +417,9 @@ func grade(ctx context.Context, rep *Report, w *control.World, st store.Store, o
 			continue
 		}
 		fail(s.State == playbook.StepFailed || s.State == playbook.StepAborted, "step %s %s: %s", s.ID, s.State, s.Error)
+		fail(s.State == playbook.StepUnavailable, "step %s is unavailable in this build", s.ID)
 	}
+	gradeClose(ctx, rep, w.Installation().Dir, cfg.Out, inc, final, rcv, cfg.Scenario, fail)
 	rep.Pass = len(rep.Failures) == 0
 	sort.Strings(rep.Unavailable)
 }

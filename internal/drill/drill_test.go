@@ -59,6 +59,30 @@ func TestDrills(t *testing.T) {
 			if rep.TimeToContainMs < 0 || rep.TimeToContainMs > 2000 {
 				t.Errorf("time to contain = %d ms; want 0..2000", rep.TimeToContainMs)
 			}
+			phaseA := false
+			for _, n := range rep.Notices {
+				if n.Phase == "A" && n.Delivered {
+					phaseA = true
+				}
+				if !n.Delivered {
+					t.Errorf("notice %+v not delivered", n)
+				}
+				if n.File != "" {
+					if _, err := os.Stat(n.File); err != nil || !strings.HasPrefix(n.File, filepath.Join(out, "notices")) {
+						t.Errorf("notice file %s: %v; want it under <out>/notices", n.File, err)
+					}
+				}
+			}
+			if !phaseA {
+				t.Errorf("no delivered phase A notice in %+v", rep.Notices)
+			}
+			channels := map[string]bool{}
+			for _, n := range rep.Notices {
+				channels[n.Channel] = true
+			}
+			if !channels["file"] || !channels["webhook"] {
+				t.Errorf("notice channels %v; want file and webhook", channels)
+			}
 			if sc.ExpectRefusal {
 				if rep.RunState != string(playbook.RunPaused) || !strings.Contains(rep.Refusal, "forward-fix") {
 					t.Errorf("run %s, refusal %q; want paused with a forward-fix/backfill plan", rep.RunState, rep.Refusal)
@@ -72,7 +96,8 @@ func TestDrills(t *testing.T) {
 				t.Errorf("playbook ended %q", rep.RunState)
 			}
 			want := map[string]string{"classify": "succeeded", "block-ingress": "succeeded", "snapshot": "succeeded", "isolate": "succeeded",
-				"rollback": "succeeded", "verify": "succeeded", "canary": "succeeded", "reconcile": "unavailable"}
+				"rollback": "succeeded", "verify": "succeeded", "canary": "succeeded",
+				"replay": "skipped", "reconcile": "succeeded", "notify": "succeeded", "close": "succeeded"}
 			got := map[string]string{}
 			for _, s := range rep.Steps {
 				got[s.ID] = s.Status
@@ -87,10 +112,27 @@ func TestDrills(t *testing.T) {
 			} else if _, err := os.Stat(rep.SnapshotManifest); err != nil {
 				t.Errorf("snapshot manifest: %v", err)
 			}
-			for _, u := range rep.Unavailable {
-				if rep.Complete {
-					t.Errorf("report says complete with %s unavailable", u)
-				}
+			if len(rep.Unavailable) != 0 || !rep.Complete {
+				t.Errorf("unavailable steps %v (complete %v); want none", rep.Unavailable, rep.Complete)
+			}
+			if !rep.EvidenceVerified {
+				t.Errorf("evidence bundle %q not verified", rep.EvidenceBundle)
+			}
+			if rep.Postmortem == "" {
+				t.Errorf("no postmortem")
+			} else if b, err := os.ReadFile(rep.Postmortem); err != nil || !strings.Contains(string(b), rep.Incident) {
+				t.Errorf("postmortem %s: %v; want it to name %s", rep.Postmortem, err, rep.Incident)
+			}
+			r := rep.Reconciliation
+			switch {
+			case r == nil:
+				t.Errorf("no reconciliation in the report")
+			case sc.Fault == "invalid-signatures" && r.Invalid == 0:
+				t.Errorf("reconciliation %+v; want invalid > 0", *r)
+			case sc.Fault == "metadata-drift" && r.MetadataDrift == 0:
+				t.Errorf("reconciliation %+v; want metadata_drift > 0", *r)
+			case !r.LogConsistent:
+				t.Errorf("reconciliation did not prove the log consistent")
 			}
 		})
 	}
