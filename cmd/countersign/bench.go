@@ -42,8 +42,11 @@ type benchReport struct {
 	Limit         bench.CryptoLimit `json:"crypto_limit"`
 	RatioParallel float64           `json:"ratio_to_parallel_limit"`
 	RatioCPU      float64           `json:"server_cpu_ratio_to_crypto,omitempty"`
-	Machine       map[string]string `json:"machine"`
-	FirstError    string            `json:"first_error,omitempty"`
+	// MeanCommitBatch is the server's mean group-commit batch (signatures
+	// per transaction) during the run, when /metrics reports it.
+	MeanCommitBatch float64           `json:"mean_commit_batch,omitempty"`
+	Machine         map[string]string `json:"machine"`
+	FirstError      string            `json:"first_error,omitempty"`
 }
 
 func runBench(ctx context.Context, env *cliEnv, args []string) error {
@@ -77,6 +80,17 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("look up key %q: %w", *key, err)
 	}
 	alg := kinfo.Versions[len(kinfo.Versions)-1].Algorithm
+	// The raw limit is measured first, while the server is idle: after the
+	// load, requests cut off by the deadline may still be running there.
+	a, err := keys.ParseAlgorithm(alg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stderr, "measuring the raw %s signing limit (%v single core, %v all cores)...\n", alg, *limitDur, *limitDur)
+	limit, err := bench.MeasureCryptoLimit(a, *limitDur)
+	if err != nil {
+		return err
+	}
 	doc := make([]byte, *docSize)
 	for i := range doc {
 		doc[i] = byte('a' + i%26)
@@ -85,7 +99,7 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := c.Sign(ctx, client.SignRequest{Key: *key, Format: client.Format(*format), Document: doc}); err != nil {
 		return fmt.Errorf("warm-up sign: %w", err)
 	}
-	cpu0, sig0, cpuOK := scrapeServer(ctx, *server)
+	before := scrapeServer(ctx, *server)
 	var lat bench.Latencies
 	run := fmt.Sprintf("%x", time.Now().UnixNano())
 	ok, failed, firstErr, elapsed := bench.Load(ctx, *conc, *dur, &lat, func(ctx context.Context, w int, seq int64) error {
@@ -110,27 +124,21 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 			client.WithIdempotencyKey(fmt.Sprintf("bench-%s-%d", run, seq)))
 		return err
 	})
-	cpu1, sig1, cpuOK2 := scrapeServer(context.WithoutCancel(ctx), *server)
+	after := scrapeServer(context.WithoutCancel(ctx), *server)
 	perReq := int64(max(*batch, 1))
 	rep := benchReport{Server: *server, Key: *key, Algorithm: alg, Format: *format, Batch: *batch, Concurrency: *conc,
 		DurationS: elapsed.Seconds(), Signatures: ok * perReq, Failed: failed,
 		OpsPerS: float64(ok*perReq) / elapsed.Seconds(),
 		P50Ms:   float64(lat.Quantile(0.50)) / 1e6, P99Ms: float64(lat.Quantile(0.99)) / 1e6,
-		Machine: machine()}
+		Limit: limit, Machine: machine()}
 	if firstErr != nil {
 		rep.FirstError = firstErr.Error()
 	}
-	if cpuOK && cpuOK2 && sig1 > sig0 {
-		rep.ServerCPUUs = (cpu1 - cpu0) / (sig1 - sig0) * 1e6
+	if before.ok && after.ok && after.sigs > before.sigs {
+		rep.ServerCPUUs = (after.cpu - before.cpu) / (after.sigs - before.sigs) * 1e6
 	}
-	a, err := keys.ParseAlgorithm(alg)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(env.stderr, "measuring the raw %s signing limit (%v single core, %v all cores)...\n", alg, *limitDur, *limitDur)
-	rep.Limit, err = bench.MeasureCryptoLimit(a, *limitDur)
-	if err != nil {
-		return err
+	if nb := after.batches - before.batches; nb > 0 {
+		rep.MeanCommitBatch = (after.commits - before.commits) / nb
 	}
 	rep.RatioParallel = rep.OpsPerS / rep.Limit.AllCores
 	if rep.ServerCPUUs > 0 {
@@ -154,28 +162,37 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	} else {
 		fmt.Fprintf(w, "server CPU    not available (could not read the server's /metrics)\n")
 	}
+	if rep.MeanCommitBatch > 0 {
+		fmt.Fprintf(w, "group commit  %.1f signatures per transaction (mean)\n", rep.MeanCommitBatch)
+	}
 	if rep.FirstError != "" {
 		fmt.Fprintf(w, "first error   %s\n", rep.FirstError)
 	}
 	return nil
 }
 
-// scrapeServer reads process CPU seconds and committed signatures from the
-// server's Prometheus endpoint.
-func scrapeServer(ctx context.Context, base string) (cpu, sigs float64, ok bool) {
+// serverCounters are the node counters the bench reads from /metrics.
+type serverCounters struct {
+	cpu, sigs        float64 // process CPU seconds, committed signatures
+	batches, commits float64 // group-commit transactions and the writes in them
+	ok               bool    // process CPU was found
+}
+
+// scrapeServer reads process CPU seconds, committed signatures and the
+// group committer's counters from the server's Prometheus endpoint.
+func scrapeServer(ctx context.Context, base string) (c serverCounters) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/metrics", nil)
 	if err != nil {
-		return 0, 0, false
+		return c
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, 0, false
+		return c
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, 0, false
+		return c
 	}
-	var haveCPU bool
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -190,12 +207,16 @@ func scrapeServer(ctx context.Context, base string) (cpu, sigs float64, ok bool)
 		}
 		switch {
 		case name == "process_cpu_seconds_total":
-			cpu, haveCPU = v, true
+			c.cpu, c.ok = v, true
 		case strings.HasPrefix(name, "countersign_signatures_total"):
-			sigs += v
+			c.sigs += v
+		case name == "countersign_commit_batches_total":
+			c.batches = v
+		case name == "countersign_commit_writes_total":
+			c.commits = v
 		}
 	}
-	return cpu, sigs, haveCPU
+	return c
 }
 
 func machine() map[string]string {

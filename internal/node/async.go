@@ -52,7 +52,8 @@ const (
 	JobStateFailed   = "failed"
 )
 
-// JobStore is what asynchronous signing needs of the store.
+// JobStore is what asynchronous signing needs of the store. Job writes
+// are batched through Config.Committer when it is a store.Committer.
 type JobStore interface {
 	store.JobStore
 	Signature(ctx context.Context, tenantID, id string) (store.Signature, error)
@@ -168,7 +169,7 @@ func (s *Server) acceptJob(ctx context.Context, tenant, idem, callback string, r
 	if err != nil {
 		return nil, internalError(err)
 	}
-	existing, err := s.cfg.Jobs.CreateJob(ctx, j, ev)
+	existing, err := s.jobWrites().createJob(ctx, j, ev)
 	if errors.Is(err, store.ErrIdempotencyTaken) {
 		return nil, problem(http.StatusUnprocessableEntity, api.TypeIdempotencyMismatch,
 			"this Idempotency-Key was already used for a synchronous sign; fetch it with POST /v1/sign and the same key")
@@ -290,30 +291,124 @@ func sha256Hex(s string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// jobCommitter routes the commit of a worker's signature to
-// JobStore.CompleteJob (signature, audit event and job transition in one
+// jobCommitter routes the commit of a worker's signature to the job
+// store's CompleteJob (signature, audit event and job transition in one
 // transaction) and every other commit to the group committer. The job
 // travels in the context, so the synchronous sign path (signOnce) is the
-// one code that makes a signature for both.
+// one code that makes a signature for both. Job writes go through the
+// group committer's job batching when it has it (store.Committer over a
+// store.JobBatchStore: one transaction per batch of concurrent jobs), else
+// straight to the store.
 type jobCommitter struct {
 	inner Committer
 	jobs  JobStore
 	crash *CrashPoint
 }
 
+// jobWriter is the job writes a jobCommitter needs: store.Committer's
+// group-committed ones, or the store's own.
+type jobWriter interface {
+	CreateJob(ctx context.Context, j store.Job, ev store.AuditEvent) (*store.Job, error)
+	CompleteJob(ctx context.Context, c store.JobCompletion) (store.WriteResult, error)
+}
+
+func (c *jobCommitter) createJob(ctx context.Context, j store.Job, ev store.AuditEvent) (*store.Job, error) {
+	if w, ok := c.inner.(jobWriter); ok {
+		ex, err := w.CreateJob(ctx, j, ev)
+		if !errors.Is(err, store.ErrNoJobBatching) {
+			return ex, err
+		}
+	}
+	return c.jobs.CreateJob(ctx, j, ev)
+}
+
+func (c *jobCommitter) completeJob(ctx context.Context, jc store.JobCompletion) (store.WriteResult, error) {
+	if w, ok := c.inner.(jobWriter); ok {
+		r, err := w.CompleteJob(ctx, jc)
+		if !errors.Is(err, store.ErrNoJobBatching) {
+			return r, err
+		}
+	}
+	return c.jobs.CompleteJob(ctx, jc)
+}
+
+// jobRef is the job a worker's sign is for, carried in its context.
+type jobRef struct {
+	s   *Server
+	job *store.Job
+}
+
 type jobCtxKey struct{}
 
-func withJob(ctx context.Context, jobID string) context.Context {
-	return context.WithValue(ctx, jobCtxKey{}, jobID)
+func withJob(ctx context.Context, s *Server, j *store.Job) context.Context {
+	return context.WithValue(ctx, jobCtxKey{}, jobRef{s: s, job: j})
 }
 
 func (c *jobCommitter) Commit(ctx context.Context, w store.SignatureWrite) (store.WriteResult, error) {
-	jobID, ok := ctx.Value(jobCtxKey{}).(string)
+	ref, ok := ctx.Value(jobCtxKey{}).(jobRef)
 	if !ok {
 		return c.inner.Commit(ctx, w)
 	}
 	c.crash.pass(CrashAfterSign)
-	return c.jobs.CompleteJob(ctx, jobID, w)
+	r, err := c.completeJob(ctx, store.JobCompletion{JobID: ref.job.ID, Write: w})
+	var ese *store.ExistingSignatureError
+	if errors.As(err, &ese) {
+		// The key already has this request's signature (its job update was
+		// lost, or an older release signed it synchronously): link it, and
+		// the fresh artifact, never persisted, is dropped.
+		return ref.s.linkJob(ctx, ref.job, &ese.Signature)
+	}
+	return r, err
+}
+
+// linkJob completes job j with sig, an existing signature of the same
+// request under its key, recording a job.completed_from_existing event.
+func (s *Server) linkJob(ctx context.Context, j *store.Job, sig *store.Signature) (store.WriteResult, error) {
+	now := s.now().UTC().Truncate(time.Microsecond)
+	ev, err := s.jobEvent("job.completed_from_existing", j, now, map[string]any{
+		"signature":              sig.ID,
+		"signature_audit_index":  sig.AuditIndex,
+		"request_sha256":         hex.EncodeToString(j.RequestHash),
+		"idempotency_key_sha256": sha256Hex(j.IdempotencyKey),
+	})
+	if err != nil {
+		return store.WriteResult{}, err
+	}
+	r, err := s.jobWrites().completeJob(ctx, store.JobCompletion{JobID: j.ID,
+		Write: store.SignatureWrite{Signature: *sig}, Linked: ev})
+	if err == nil && r.Existing != nil {
+		s.log.InfoContext(ctx, "job completed with the existing signature of its key", logJob(j), slog.String("signature", r.Existing.ID))
+	}
+	return r, err
+}
+
+// jobWrites is the job write path; New installs it whenever Config.Jobs is
+// set, and only then are the async routes and the worker in use.
+func (s *Server) jobWrites() *jobCommitter {
+	if jc, ok := s.cfg.Committer.(*jobCommitter); ok {
+		return jc
+	}
+	return &jobCommitter{inner: s.cfg.Committer, jobs: s.cfg.Jobs, crash: s.cfg.CrashPoint}
+}
+
+// keyHeldByJob is the answer to a synchronous sign whose idempotency key
+// an async job holds (the store refused the commit with cause, wrapping
+// store.ErrIdempotencyTaken): 409 while the job may still be signed, 422
+// once it has failed. A signed job's signature is found by the commit
+// itself, so it never gets here.
+func (s *Server) keyHeldByJob(ctx context.Context, tenant, idem string, cause error) error {
+	state := store.JobAccepted
+	if s.cfg.Jobs != nil {
+		if j, err := s.cfg.Jobs.JobByIdempotencyKey(ctx, tenant, idem); err == nil {
+			state = j.State
+		}
+	}
+	if state == store.JobFailed {
+		return &httpError{Problem: api.NewProblem(http.StatusUnprocessableEntity, api.TypeIdempotencyMismatch,
+			"this Idempotency-Key was used for an asynchronous sign that failed; use a new key"), Err: cause}
+	}
+	return &httpError{Problem: api.NewProblem(http.StatusConflict, api.TypeIdempotencyInFlight,
+		"this Idempotency-Key is held by an asynchronous sign still in progress; poll GET /v1/jobs/{id} or retry later with the same key"), Err: cause}
 }
 
 // logJob is the structured form of a job in logs (no request content).

@@ -1,12 +1,15 @@
 package node
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"runtime"
+	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/countersign/countersign/internal/api"
 )
@@ -38,69 +41,115 @@ func (s *Server) handleSignBatch(w http.ResponseWriter, r *http.Request, tenant 
 		seen[it.IdempotencyKey] = i
 	}
 
-	results := make([]api.BatchSignResult, len(req.Items))
-	raws := make([]json.RawMessage, len(req.Items))
-	work := make(chan int)
-	var wg sync.WaitGroup
-	workers := min(runtime.GOMAXPROCS(0)*4, len(req.Items))
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				raws[i], results[i] = s.batchItem(r, tenant, &req.Items[i])
-			}
-		}()
-	}
-	for i := range req.Items {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
+	slots := s.signBatch(r.Context(), tenant, req.Items)
 
 	// Render by hand so each signature is the exact bytes a single sign or a
 	// replay returns.
-	out := make([]byte, 0, 512*len(results))
+	out := make([]byte, 0, 640*len(slots))
 	out = append(out, `{"results":[`...)
-	for i, res := range results {
+	for i := range slots {
 		if i > 0 {
 			out = append(out, ',')
 		}
-		out = fmt.Appendf(out, `{"status":%d,`, res.Status)
-		if res.Problem != nil {
-			p, _ := json.Marshal(res.Problem)
-			out = append(out, `"problem":`...)
-			out = append(out, p...)
-		} else {
-			out = append(out, `"signature":`...)
-			out = append(out, raws[i]...)
-		}
-		out = append(out, '}')
+		out = s.appendBatchResult(r.Context(), out, &slots[i])
 	}
 	out = append(out, "]}"...)
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
-func (s *Server) batchItem(r *http.Request, tenant string, it *api.BatchSignItem) (json.RawMessage, api.BatchSignResult) {
-	fail := func(err error) (json.RawMessage, api.BatchSignResult) {
+// batchSlot is one batch item on its way through signBatch.
+type batchSlot struct {
+	reqHash []byte
+	fkey    string
+	fl      *flight
+	leader  bool
+	p       *preparedSign // leader with a signature to commit
+	status  int
+	body    []byte
+	err     error
+}
+
+// signBatch runs every item under the same idempotency rules as a single
+// sign, in three phases: sign the items in parallel across cores; hand all
+// their writes to the group committer at once, so a batch lands in one or
+// a few transactions instead of trickling in item by item behind each
+// worker's commit wait; then collect the answers of items whose key
+// another request of this process was running. A batch never waits on a
+// flight while leading one: its own flights all finish in the commit
+// phase, which waits on nothing but the store.
+func (s *Server) signBatch(ctx context.Context, tenant string, items []api.BatchSignItem) []batchSlot {
+	slots := make([]batchSlot, len(items))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0)*4, len(items)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(slots); i = int(next.Add(1) - 1) {
+				s.prepareBatchItem(ctx, tenant, &items[i], &slots[i])
+			}
+		})
+	}
+	wg.Wait()
+	for i := range slots {
+		sl := &slots[i]
+		if sl.p == nil {
+			continue
+		}
+		wg.Go(func() {
+			wr, err := s.cfg.Committer.Commit(ctx, sl.p.w)
+			sl.status, sl.body, sl.err = s.finishSign(ctx, sl.p, wr, err)
+			s.flights.finish(sl.fkey, sl.fl, sl.status, sl.body, sl.err)
+		})
+	}
+	for i := range slots {
+		if sl := &slots[i]; sl.fl != nil && !sl.leader {
+			sl.status, sl.body, sl.err = s.awaitFlight(ctx, sl.fl, sl.reqHash)
+		}
+	}
+	wg.Wait()
+	return slots
+}
+
+// prepareBatchItem joins the item's flight and, leading it, signs the item;
+// an item answered without a commit finishes its flight here.
+func (s *Server) prepareBatchItem(ctx context.Context, tenant string, it *api.BatchSignItem, sl *batchSlot) {
+	if err := checkIdempotencyKey(it.IdempotencyKey); err != nil {
+		sl.err = err
+		return
+	}
+	sl.reqHash = requestHash(&it.SignRequest)
+	sl.fkey = tenant + "\x00" + it.IdempotencyKey
+	sl.fl, sl.leader = s.flights.join(sl.fkey, sl.reqHash)
+	if !sl.leader {
+		return
+	}
+	sl.p, sl.status, sl.body, sl.err = s.prepareSign(ctx, tenant, it.IdempotencyKey, sl.reqHash, &it.SignRequest)
+	if sl.p == nil {
+		s.flights.finish(sl.fkey, sl.fl, sl.status, sl.body, sl.err)
+	}
+}
+
+// appendBatchResult renders one item's result: a signature is embedded as
+// the exact bytes a single sign or a replay returns.
+func (s *Server) appendBatchResult(ctx context.Context, out []byte, sl *batchSlot) []byte {
+	if sl.err != nil {
 		var he *httpError
-		if !errors.As(err, &he) {
-			he = internalError(err)
+		if !errors.As(sl.err, &he) {
+			he = internalError(sl.err)
 		}
 		if he.Problem.Status >= 500 {
-			s.log.ErrorContext(r.Context(), "batch item failed", "err", err)
+			s.log.ErrorContext(ctx, "batch item failed", "err", sl.err)
 		}
-		return nil, api.BatchSignResult{Status: he.Problem.Status, Problem: he.Problem}
+		p, _ := json.Marshal(he.Problem)
+		out = fmt.Appendf(out, `{"status":%d,"problem":`, he.Problem.Status)
+		out = append(out, p...)
+		return append(out, '}')
 	}
-	if err := checkIdempotencyKey(it.IdempotencyKey); err != nil {
-		return fail(err)
-	}
-	status, body, err := s.signIdempotent(r.Context(), tenant, it.IdempotencyKey, &it.SignRequest)
-	if err != nil {
-		return fail(err)
-	}
-	return body, api.BatchSignResult{Status: status}
+	out = append(out, `{"status":`...)
+	out = strconv.AppendInt(out, int64(sl.status), 10)
+	out = append(out, `,"signature":`...)
+	out = append(out, sl.body...)
+	return append(out, '}')
 }
 
 func (s *Server) readBatchBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {

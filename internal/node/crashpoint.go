@@ -18,7 +18,8 @@ const (
 	// CrashAfterPersist: signature, audit event and job transition are
 	// committed, the message is not acknowledged.
 	CrashAfterPersist = "after-persist"
-	// CrashAfterAck: the message is acknowledged, the callback not sent.
+	// CrashAfterAck: the message is acknowledged, the callback not sent;
+	// the job records no delivery, so the sweeper sends it after restart.
 	CrashAfterAck = "after-ack"
 )
 

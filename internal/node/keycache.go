@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/countersign/countersign/internal/api"
 	"github.com/countersign/countersign/internal/keys"
 	"github.com/countersign/countersign/internal/store"
@@ -31,12 +33,18 @@ type keyEntry struct {
 
 // keyCache caches a tenant's key versions and opened signers for ttl, so the
 // sign path reads no key rows from the store. Opening a signer (KDF, HSM
-// login) happens once per version.
+// login) happens once per provider URI. Concurrent misses share one load
+// and one open (loads, opens): when an entry expires under load, or a cold
+// node takes its first burst, the store sees one read and the KDF runs
+// once, not once per waiting request.
 type keyCache struct {
 	store Store
 	mat   KeyMaterial
 	ttl   time.Duration
 	now   func() time.Time
+
+	loads singleflight.Group // by tenant + "\x00" + name
+	opens singleflight.Group // by provider URI
 
 	mu      sync.Mutex
 	entries map[[2]string]*keyEntry  // c.mu must be held
@@ -53,6 +61,41 @@ var errKeyNotFound = errors.New("node: key not found")
 // versions returns the tenant's versions of name, ascending.
 func (c *keyCache) versions(ctx context.Context, tenant, name string) ([]*resolvedKey, error) {
 	k := [2]string{tenant, name}
+	now := c.now()
+	c.mu.Lock()
+	e := c.entries[k]
+	c.mu.Unlock()
+	if e != nil && now.Before(e.expires) {
+		return e.versions, nil
+	}
+	// The load is shared by every request waiting for it, so it must not
+	// fail because the first of them went away.
+	v, err := shared(ctx, &c.loads, tenant+"\x00"+name, func(ctx context.Context) (any, error) {
+		return c.load(ctx, k)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.([]*resolvedKey), nil
+}
+
+// shared runs fn once for every caller waiting on key in g. fn runs under
+// ctx without its cancellation (the first caller leaving must not fail the
+// others); each caller still stops waiting when its own ctx ends.
+func shared(ctx context.Context, g *singleflight.Group, key string, fn func(ctx context.Context) (any, error)) (any, error) {
+	ch := g.DoChan(key, func() (any, error) { return fn(context.WithoutCancel(ctx)) })
+	select {
+	case r := <-ch:
+		return r.Val, r.Err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// load reads k's versions from the store and caches them, unless a load
+// that finished while this one waited to start already did.
+func (c *keyCache) load(ctx context.Context, k [2]string) ([]*resolvedKey, error) {
+	tenant, name := k[0], k[1]
 	now := c.now()
 	c.mu.Lock()
 	e := c.entries[k]
@@ -119,10 +162,22 @@ func (c *keyCache) openSigner(ctx context.Context, rk *resolvedKey) error {
 	s, ok := c.signers[rk.kv.ProviderURI]
 	c.mu.Unlock()
 	if !ok {
-		var err error
-		s, err = c.mat.SignerFor(ctx, rk.kv)
+		// One open per provider URI however many requests wait for it (a
+		// KDF or an HSM login is expensive); the waiters share its result.
+		v, err := shared(ctx, &c.opens, rk.kv.ProviderURI, func(ctx context.Context) (any, error) {
+			c.mu.Lock()
+			s, ok := c.signers[rk.kv.ProviderURI]
+			c.mu.Unlock()
+			if ok {
+				return s, nil
+			}
+			return c.mat.SignerFor(ctx, rk.kv)
+		})
 		if err != nil {
 			return fmt.Errorf("node: open signer for %s v%d: %w", rk.kv.Name, rk.kv.Version, err)
+		}
+		if s, ok = v.(crypto.Signer); !ok || s == nil {
+			return fmt.Errorf("node: open signer for %s v%d: provider returned no signer", rk.kv.Name, rk.kv.Version)
 		}
 	}
 	c.mu.Lock()

@@ -8,6 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/countersign/countersign/internal/store"
 )
 
 // metrics are per Server (own registry), so several servers can live in one
@@ -53,4 +55,30 @@ func (m *metrics) observe(route string, code int, d time.Duration) {
 
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// committerStats is the optional capability of a Committer that reports its
+// batching (store.Committer does).
+type committerStats interface {
+	Stats() store.CommitterStats
+}
+
+// watchCommitter exports c's batch counters when it has them, so the mean
+// group-commit batch (writes / batches) can be read off /metrics.
+func (m *metrics) watchCommitter(c Committer) {
+	if jc, ok := c.(*jobCommitter); ok {
+		c = jc.inner
+	}
+	cs, ok := c.(committerStats)
+	if !ok {
+		return
+	}
+	m.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "countersign_commit_batches_total", Help: "Group-commit transactions (CommitSignatures calls).",
+		}, func() float64 { return float64(cs.Stats().Batches) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "countersign_commit_writes_total", Help: "Signature writes committed through group commit (including failed ones).",
+		}, func() float64 { st := cs.Stats(); return float64(st.Writes + st.Failed) }),
+	)
 }

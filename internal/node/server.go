@@ -125,6 +125,7 @@ func New(cfg Config) (*Server, error) {
 		mux:     http.NewServeMux(),
 	}
 	s.flights.m = make(map[string]*flight)
+	s.metrics.watchCommitter(cfg.Committer)
 	if cfg.Faults != nil {
 		s.log.Warn("DRILL FAULTS ENABLED: this node misbehaves on purpose", slog.String("scenario", cfg.Faults.Scenario))
 	}

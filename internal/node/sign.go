@@ -6,16 +6,15 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/countersign/countersign/internal/api"
-	"github.com/countersign/countersign/internal/auditlog"
 	"github.com/countersign/countersign/internal/sign"
 	"github.com/countersign/countersign/internal/store"
 )
@@ -51,34 +50,58 @@ func (s *Server) signIdempotent(ctx context.Context, tenant, idem string, req *a
 	fkey := tenant + "\x00" + idem
 	fl, leader := s.flights.join(fkey, reqHash)
 	if !leader {
-		if !fl.sameRequest(reqHash) {
-			return 0, nil, problem(http.StatusUnprocessableEntity, api.TypeIdempotencyMismatch,
-				"this Idempotency-Key is being used for a different request")
-		}
-		select {
-		case <-fl.done:
-		case <-ctx.Done():
-			return 0, nil, problem(http.StatusConflict, api.TypeIdempotencyInFlight,
-				"a request with this Idempotency-Key is still being processed; retry with the same key")
-		}
-		if fl.err != nil {
-			return 0, nil, fl.err
-		}
-		s.metrics.replays.Inc()
-		return fl.status, fl.body, nil
+		return s.awaitFlight(ctx, fl, reqHash)
 	}
 	status, resp, err := s.signOnce(ctx, tenant, idem, reqHash, req)
 	s.flights.finish(fkey, fl, status, resp, err)
 	return status, resp, err
 }
 
+// awaitFlight answers a request whose idempotency key another request of
+// this process is running, with that request's outcome.
+func (s *Server) awaitFlight(ctx context.Context, fl *flight, reqHash []byte) (int, []byte, error) {
+	if !fl.sameRequest(reqHash) {
+		return 0, nil, problem(http.StatusUnprocessableEntity, api.TypeIdempotencyMismatch,
+			"this Idempotency-Key is being used for a different request")
+	}
+	select {
+	case <-fl.done:
+	case <-ctx.Done():
+		return 0, nil, problem(http.StatusConflict, api.TypeIdempotencyInFlight,
+			"a request with this Idempotency-Key is still being processed; retry with the same key")
+	}
+	if fl.err != nil {
+		return 0, nil, fl.err
+	}
+	s.metrics.replays.Inc()
+	return fl.status, fl.body, nil
+}
+
 // signOnce validates, signs and commits. When the store already holds a
 // signature for the idempotency key, the fresh signature is discarded (it was
 // never persisted nor returned) and the stored one is answered.
 func (s *Server) signOnce(ctx context.Context, tenant, idem string, reqHash []byte, req *api.SignRequest) (int, []byte, error) {
+	p, status, resp, err := s.prepareSign(ctx, tenant, idem, reqHash, req)
+	if err != nil || p == nil {
+		return status, resp, err
+	}
+	wr, err := s.cfg.Committer.Commit(ctx, p.w)
+	return s.finishSign(ctx, p, wr, err)
+}
+
+// preparedSign is a signature made and not yet committed.
+type preparedSign struct {
+	reqHash []byte
+	w       store.SignatureWrite
+}
+
+// prepareSign validates and signs a request and builds its write. It
+// returns a nil preparedSign with the answer when the request is answered
+// without a commit (a stored signature found on the failure path).
+func (s *Server) prepareSign(ctx context.Context, tenant, idem string, reqHash []byte, req *api.SignRequest) (*preparedSign, int, []byte, error) {
 	in, err := signInput(req)
 	if err != nil {
-		return 0, nil, err
+		return nil, 0, nil, err
 	}
 	rk, err := s.keys.current(ctx, tenant, req.Key)
 	if err != nil {
@@ -87,26 +110,26 @@ func (s *Server) signOnce(ctx context.Context, tenant, idem string, reqHash []by
 		// would believe nothing was signed. Look for the stored answer only
 		// on this failure path, so the hot path reads nothing.
 		if status, resp, ok := s.storedAnswer(ctx, tenant, idem, reqHash); ok {
-			return status, resp, nil
+			return nil, status, resp, nil
 		}
-		return 0, nil, err
+		return nil, 0, nil, err
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)
-	k := sign.Key{Signer: rk.signer, Algorithm: rk.alg, Chain: rk.chain, KeyID: fmt.Sprintf("%s@v%d", rk.kv.Name, rk.kv.Version)}
+	k := sign.Key{Signer: rk.signer, Algorithm: rk.alg, Chain: rk.chain, KeyID: rk.kv.Name + "@v" + strconv.Itoa(rk.kv.Version)}
 	if s.cfg.Faults != nil {
 		k, in, err = s.cfg.Faults.beforeSign(ctx, req.Format, k, in)
 		if err != nil {
-			return 0, nil, unavailable("key provider unavailable", 1, err)
+			return nil, 0, nil, unavailable("key provider unavailable", 1, err)
 		}
 	}
 	res, err := sign.Sign(req.Format, k, in, now)
 	if err != nil {
-		return 0, nil, signError(err)
+		return nil, 0, nil, signError(err)
 	}
 	if s.cfg.Faults != nil {
 		res = s.cfg.Faults.afterSign(req.Format, res)
 	}
-	sig := store.Signature{
+	p := &preparedSign{reqHash: reqHash, w: store.SignatureWrite{Signature: store.Signature{
 		ID:              newID("sig_", now),
 		TenantID:        tenant,
 		IdempotencyKey:  idem,
@@ -124,24 +147,31 @@ func (s *Server) signOnce(ctx context.Context, tenant, idem string, reqHash []by
 		Release:         s.cfg.Release,
 		Instance:        s.cfg.Instance,
 		SignedAt:        now,
-	}
-	ev, err := signatureEvent(&sig)
-	if err != nil {
-		return 0, nil, internalError(err)
+	}}}
+	if p.w.Event, err = signatureEvent(&p.w.Signature); err != nil {
+		return nil, 0, nil, internalError(err)
 	}
 	if s.cfg.Faults != nil {
 		if err := s.cfg.Faults.beforeCommit(); err != nil {
-			return 0, nil, unavailable("signature could not be persisted; retry with the same Idempotency-Key", 1, err)
+			return nil, 0, nil, unavailable("signature could not be persisted; retry with the same Idempotency-Key", 1, err)
 		}
 	}
-	wr, err := s.cfg.Committer.Commit(ctx, store.SignatureWrite{Signature: sig, Event: ev})
+	return p, 0, nil, nil
+}
+
+// finishSign turns the outcome of p's commit into the answer.
+func (s *Server) finishSign(ctx context.Context, p *preparedSign, wr store.WriteResult, err error) (int, []byte, error) {
+	sig := &p.w.Signature
+	if errors.Is(err, store.ErrIdempotencyTaken) {
+		return 0, nil, s.keyHeldByJob(ctx, sig.TenantID, sig.IdempotencyKey, err) // async.go
+	}
 	if err != nil {
 		// The outcome is unknown to us (the commit may or may not have
 		// landed); a retry with the same key resolves it either way.
 		return 0, nil, unavailable("signature could not be persisted; retry with the same Idempotency-Key", 1, err)
 	}
 	if wr.Existing != nil {
-		if !bytes.Equal(wr.Existing.RequestHash, reqHash) {
+		if !bytes.Equal(wr.Existing.RequestHash, p.reqHash) {
 			return 0, nil, problem(http.StatusUnprocessableEntity, api.TypeIdempotencyMismatch,
 				"this Idempotency-Key was already used for a different request")
 		}
@@ -150,7 +180,7 @@ func (s *Server) signOnce(ctx context.Context, tenant, idem string, reqHash []by
 	}
 	sig.AuditIndex = wr.AuditIndex
 	s.metrics.signatures.WithLabelValues(sig.Format, sig.Algorithm).Inc()
-	return http.StatusOK, renderSignature(&sig), nil
+	return http.StatusOK, renderSignature(sig), nil
 }
 
 // idempotencyReader is the optional store capability storedAnswer uses.
@@ -300,63 +330,6 @@ func requestHash(req *api.SignRequest) []byte {
 		field(req.Document)
 	}
 	return h.Sum(nil)
-}
-
-// signatureEvent builds the audit event committed with a signature. It binds
-// the artifact's SHA-256, so a changed signature row no longer matches its
-// leaf.
-func signatureEvent(sig *store.Signature) (store.AuditEvent, error) {
-	art := sha256.Sum256(sig.Signature)
-	idem := sha256.Sum256([]byte(sig.IdempotencyKey))
-	return auditlog.Event{
-		Type:     "signature.created",
-		Time:     sig.SignedAt,
-		Actor:    "tenant:" + sig.TenantID,
-		TenantID: sig.TenantID,
-		Release:  sig.Release,
-		Instance: sig.Instance,
-		Subject:  "signature:" + sig.ID,
-		Details: map[string]any{
-			"key":                    sig.KeyName,
-			"key_version":            sig.KeyVersion,
-			"format":                 sig.Format,
-			"algorithm":              sig.Algorithm,
-			"algorithm_oid":          sig.AlgorithmOID,
-			"digest_algorithm":       sig.DigestAlgorithm,
-			"digest_oid":             sig.DigestOID,
-			"document_digest":        base64.StdEncoding.EncodeToString(sig.DocumentDigest),
-			"document_id":            sig.DocumentID,
-			"artifact_sha256":        hex.EncodeToString(art[:]),
-			"idempotency_key_sha256": hex.EncodeToString(idem[:]),
-		},
-	}.Record()
-}
-
-// renderSignature is the one place a sign response is rendered, from the
-// stored record only, so a replay is byte-identical to the first answer.
-func renderSignature(sig *store.Signature) []byte {
-	resp := api.SignResponse{
-		ID:              sig.ID,
-		Format:          api.Format(sig.Format),
-		Key:             sig.KeyName,
-		KeyVersion:      sig.KeyVersion,
-		Algorithm:       sig.Algorithm,
-		AlgorithmOID:    sig.AlgorithmOID,
-		DigestAlgorithm: sig.DigestAlgorithm,
-		DigestOID:       sig.DigestOID,
-		DocumentDigest:  base64.StdEncoding.EncodeToString(sig.DocumentDigest),
-		DocumentID:      sig.DocumentID,
-		Release:         sig.Release,
-		Instance:        sig.Instance,
-		AuditIndex:      sig.AuditIndex,
-		SignedAt:        sig.SignedAt.UTC().Truncate(time.Microsecond),
-	}
-	resp.Signature = EncodeArtifact(api.Format(sig.Format), sig.Signature)
-	b, err := json.Marshal(&resp)
-	if err != nil {
-		panic("node: marshal SignResponse: " + err.Error()) // plain struct of strings and ints
-	}
-	return b
 }
 
 // EncodeArtifact renders an artifact as the API carries it: the compact JWS

@@ -35,7 +35,9 @@ import (
 // A crash before the commit loses only an artifact nobody saw; a crash after
 // it leaves a signed job whose redelivered message is acknowledged without
 // signing. The sweeper re-publishes jobs still accepted after SweepAfter, so
-// a message the broker lost (or never got) is sent again.
+// a message the broker lost (or never got) is sent again, and re-sends the
+// callbacks of finished jobs that record no delivery (a crash after the ack,
+// or retries run out), with backoff between attempts.
 
 // Defaults for WorkerConfig.
 const (
@@ -99,6 +101,8 @@ type Worker struct {
 	log *slog.Logger
 
 	callbacks sync.WaitGroup
+	mu        sync.Mutex
+	sending   map[string]bool // job IDs whose callback is being delivered; guarded by mu
 }
 
 // NewWorker returns a worker signing with s. s must have Config.Jobs.
@@ -142,7 +146,7 @@ func NewWorker(s *Server, cfg WorkerConfig) (*Worker, error) {
 	if cfg.Now == nil {
 		cfg.Now = s.now
 	}
-	return &Worker{s: s, cfg: cfg, log: cfg.Logger.With(slog.String("consumer", cfg.Consumer))}, nil
+	return &Worker{s: s, cfg: cfg, log: cfg.Logger.With(slog.String("consumer", cfg.Consumer)), sending: map[string]bool{}}, nil
 }
 
 // Run consumes until ctx ends, then stops its subscriptions and waits for
@@ -171,6 +175,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	for {
 		if _, err := w.Sweep(ctx); err != nil && ctx.Err() == nil {
 			w.log.WarnContext(ctx, "sweep failed", slog.Any("err", err))
+		}
+		if _, err := w.SweepCallbacks(ctx); err != nil && ctx.Err() == nil {
+			w.log.WarnContext(ctx, "callback sweep failed", slog.Any("err", err))
 		}
 		select {
 		case <-ctx.Done():
@@ -280,7 +287,7 @@ func (w *Worker) process(ctx context.Context, m queue.Message, first bool) (outc
 	if err := json.Unmarshal(j.Request, &req); err != nil {
 		return w.fail(ctx, &j, internalError(fmt.Errorf("stored request: %w", err)))
 	}
-	_, _, err = w.s.signOnce(withJob(ctx, j.ID), j.TenantID, j.IdempotencyKey, j.RequestHash, &req)
+	_, _, err = w.s.signOnce(withJob(ctx, w.s, &j), j.TenantID, j.IdempotencyKey, j.RequestHash, &req)
 	if err != nil {
 		var he *httpError
 		if errors.As(err, &he) && he.Problem.Status < 500 {
@@ -308,20 +315,10 @@ func (w *Worker) recover(ctx context.Context, j *store.Job) (out outcome, err er
 				"this Idempotency-Key was already used for a different request"))
 			return out, err, true
 		}
-		ev, err := signatureEvent(&sig)
-		if err != nil {
-			return outcome{retry: time.Second}, err, true
-		}
-		_, err = jobs.CompleteJob(ctx, j.ID, store.SignatureWrite{Signature: sig, Event: ev})
-		if errors.Is(err, store.ErrIdempotencyTaken) {
-			// The store cannot link an existing signature to the job: leave
-			// it accepted for reconciliation rather than sign twice or fail
-			// a request whose signature exists.
-			w.log.ErrorContext(ctx, "job's key has a signature the store will not link; left for reconciliation",
-				logJob(j), slog.String("signature", sig.ID), slog.Any("err", err))
-			return outcome{retry: time.Minute}, err, true
-		}
-		if err != nil {
+		// The signature exists but the job does not record it: complete the
+		// job with it (one transaction: job signed, signature linked, a
+		// job.completed_from_existing event), never sign again.
+		if _, err := w.s.linkJob(ctx, j, &sig); err != nil {
 			return outcome{retry: time.Second}, err, true
 		}
 		out, err := w.reload(ctx, j)
@@ -377,45 +374,115 @@ func retryDelay(attempts int) time.Duration {
 }
 
 // callback sends the finished job to its callback URL in the background,
-// retrying with exponential backoff. It is best effort beyond the retries:
-// GET /v1/jobs/{id} is the record.
-func (w *Worker) callback(ctx context.Context, j *store.Job) {
-	if j == nil || j.CallbackURL == "" {
-		return
+// retrying with exponential backoff and recording every attempt in the job
+// (store.JobStore.RecordCallbackAttempt). A callback not delivered — the
+// process died after the ack, or the retries ran out — is sent again by
+// SweepCallbacks; GET /v1/jobs/{id} stays the record either way.
+//
+// It reports whether it started a delivery (false when none is due or one
+// is already under way).
+func (w *Worker) callback(ctx context.Context, j *store.Job) bool {
+	if j == nil || j.CallbackURL == "" || !j.CallbackDeliveredAt.IsZero() || j.CallbackAttempts >= w.cfg.CallbackAttempts {
+		return false
+	}
+	w.mu.Lock()
+	busy := w.sending[j.ID]
+	w.sending[j.ID] = true
+	w.mu.Unlock()
+	if busy {
+		return false
 	}
 	body, err := w.s.renderJob(ctx, j)
 	if err != nil {
+		w.doneSending(j.ID)
 		w.log.WarnContext(ctx, "callback not sent: rendering the job failed", logJob(j), slog.Any("err", err))
-		return
+		return false
 	}
 	w.callbacks.Add(1)
 	go func() {
 		defer w.callbacks.Done()
+		defer w.doneSending(j.ID)
 		w.deliverCallback(ctx, j, body)
 	}()
+	return true
+}
+
+func (w *Worker) doneSending(jobID string) {
+	w.mu.Lock()
+	delete(w.sending, jobID)
+	w.mu.Unlock()
+}
+
+// callbackDelay is the wait after the n-th failed attempt (n >= 1).
+func (w *Worker) callbackDelay(n int) time.Duration {
+	return min(w.cfg.CallbackBackoff<<min(max(n-1, 0), 16), time.Minute)
 }
 
 func (w *Worker) deliverCallback(ctx context.Context, j *store.Job, body []byte) {
-	delay := w.cfg.CallbackBackoff
-	for attempt := 1; ; attempt++ {
+	for attempt := j.CallbackAttempts + 1; ; attempt++ {
 		err := w.postCallback(ctx, j, body, attempt)
+		if ctx.Err() != nil {
+			return // stopping: not an attempt the client could have seen answered
+		}
+		if rerr := w.s.cfg.Jobs.RecordCallbackAttempt(ctx, j.ID, w.cfg.Now().UTC().Truncate(time.Microsecond), err == nil); rerr != nil {
+			w.log.WarnContext(ctx, "callback attempt not recorded", logJob(j), slog.Any("err", rerr))
+		}
 		if err == nil {
 			return
 		}
 		var perm permanentError
 		if errors.As(err, &perm) || attempt >= w.cfg.CallbackAttempts {
-			w.log.WarnContext(ctx, "callback abandoned", logJob(j), slog.Int("attempts", attempt), slog.Any("err", err))
+			w.log.WarnContext(ctx, "callback not delivered; the sweeper retries it until the attempts run out",
+				logJob(j), slog.Int("attempts", attempt), slog.Any("err", err))
 			return
 		}
-		t := time.NewTimer(delay)
+		t := time.NewTimer(w.callbackDelay(attempt))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
 		}
-		delay = min(2*delay, time.Minute)
 	}
+}
+
+// SweepCallbacks starts delivery of the callbacks of finished jobs that
+// were not delivered, and returns how many it started. A job is due
+// SweepAfter after it finished (its own worker delivers before that) and,
+// after a failed attempt, once the backoff since that attempt has passed.
+// Callbacks are at least once: a receiver deduplicates by
+// Countersign-Job-Id.
+func (w *Worker) SweepCallbacks(ctx context.Context) (int, error) {
+	jobs, err := w.s.cfg.Jobs.JobsAwaitingCallback(ctx, w.cfg.CallbackAttempts, w.cfg.SweepBatch)
+	if err != nil {
+		return 0, fmt.Errorf("node: callback sweep: %w", err)
+	}
+	now := w.cfg.Now()
+	n := 0
+	for i := range jobs {
+		j := &jobs[i]
+		due := j.FinishedAt.Add(w.cfg.SweepAfter)
+		if j.CallbackAttempts > 0 {
+			due = later(due, j.CallbackLastAt.Add(w.callbackDelay(j.CallbackAttempts)))
+		}
+		if now.Before(due) {
+			continue
+		}
+		if w.callback(ctx, j) {
+			n++
+		}
+	}
+	if n > 0 {
+		w.log.InfoContext(ctx, "sweeper re-sending undelivered callbacks", slog.Int("jobs", n))
+	}
+	return n, nil
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 type permanentError struct{ error }

@@ -80,6 +80,10 @@ type Committer struct {
 
 	batches, writes, failed atomic.Uint64
 	maxSeen                 atomic.Int64
+
+	// jobs group-commits async job writes when s is a JobBatchStore
+	// (jobcommitter.go); nil otherwise.
+	jobs *jobBatching
 }
 
 type pendingWrite struct {
@@ -101,6 +105,9 @@ func NewCommitter(ctx context.Context, s SignatureCommitter, cfg CommitterConfig
 	}
 	c := &Committer{s: s, ctx: ctx, cfg: cfg,
 		reqs: make(chan *pendingWrite, cfg.MaxBatch), done: make(chan struct{})}
+	if js, ok := s.(JobBatchStore); ok {
+		c.jobs = newJobBatching(ctx, js, cfg.MaxBatch)
+	}
 	go c.run()
 	return c
 }
@@ -140,6 +147,7 @@ func (c *Committer) Close() error {
 	}
 	c.mu.Unlock()
 	<-c.done
+	c.jobs.close()
 	return nil
 }
 

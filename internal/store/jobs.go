@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -42,7 +43,63 @@ type Job struct {
 	AcceptedAt     time.Time
 	FinishedAt     time.Time // zero until signed or failed
 	Attempts       int
+	// CallbackDeliveredAt is when the callback was acknowledged by the
+	// client (zero until then, and always for a job without CallbackURL).
+	CallbackDeliveredAt time.Time
+	// CallbackAttempts counts callback deliveries tried; CallbackLastAt is
+	// the latest one (zero before the first).
+	CallbackAttempts int
+	CallbackLastAt   time.Time
 }
+
+// JobCreate is one new job and its job.accepted audit event.
+type JobCreate struct {
+	Job   Job
+	Event AuditEvent
+}
+
+// JobCreateResult is the outcome of one JobCreate: Existing when the
+// tenant already had a job under the key (nothing written), Err for this
+// item alone (ErrIdempotencyTaken, ErrJobState, a malformed job).
+type JobCreateResult struct {
+	Existing *Job
+	Err      error
+}
+
+// JobCompletion is the signature that completes job JobID. Linked, when
+// it has an Entry, is the audit event ("job.completed_from_existing")
+// recorded if the job's key already holds a signature of the same request:
+// the store then links that signature to the job instead of writing Write.
+type JobCompletion struct {
+	JobID  string
+	Write  SignatureWrite
+	Linked AuditEvent
+}
+
+// JobCompleteResult is the outcome of one JobCompletion. Existing is the
+// signature already recorded for the job (a redelivery) or, with Linked,
+// the existing signature just linked to it. Err is for this item alone.
+type JobCompleteResult struct {
+	WriteResult
+	Linked bool
+	Err    error
+}
+
+// ExistingSignatureError is a completion's error when the job's key already
+// holds a signature of the same request and the completion carried no
+// Linked event: retry with one to link it. It wraps ErrIdempotencyTaken.
+type ExistingSignatureError struct {
+	JobID     string
+	Signature Signature
+}
+
+func (e *ExistingSignatureError) Error() string {
+	return fmt.Sprintf("store: job %s: key %q already has signature %s of the same request; complete it with a link event",
+		e.JobID, e.Signature.IdempotencyKey, e.Signature.ID)
+}
+
+// Unwrap makes the error match ErrIdempotencyTaken.
+func (e *ExistingSignatureError) Unwrap() error { return ErrIdempotencyTaken }
 
 // JobStore persists async jobs. Every state change is committed with its
 // audit event in one transaction.
@@ -53,6 +110,10 @@ type JobStore interface {
 	// compares RequestHash); when the key already has a signature it returns
 	// an error wrapping ErrIdempotencyTaken.
 	CreateJob(ctx context.Context, j Job, ev AuditEvent) (existing *Job, err error)
+	// CreateJobs is CreateJob for a batch in one transaction, items in
+	// slice order (a later item sees an earlier one's job). Per-item
+	// refusals are in the results; an error fails the whole batch.
+	CreateJobs(ctx context.Context, cs []JobCreate) ([]JobCreateResult, error)
 	// Job returns a tenant's job by ID.
 	Job(ctx context.Context, tenantID, id string) (Job, error)
 	// JobByIdempotencyKey returns a tenant's job by idempotency key.
@@ -62,7 +123,17 @@ type JobStore interface {
 	// key must be the job's. If the job is already signed it writes nothing
 	// and returns the existing signature in WriteResult.Existing (worker
 	// redelivery); a failed job is ErrJobState.
-	CompleteJob(ctx context.Context, jobID string, w SignatureWrite) (WriteResult, error)
+	//
+	// When the key already holds a signature (a sync sign, or a commit
+	// whose job update was lost), a signature of the same request is linked
+	// to the job — job signed, SignatureID set, c.Linked recorded — and
+	// returned in Existing (without c.Linked: *ExistingSignatureError); one
+	// of another request is ErrIdempotencyTaken.
+	CompleteJob(ctx context.Context, c JobCompletion) (WriteResult, error)
+	// CompleteJobs is CompleteJob for a batch in one transaction, items in
+	// slice order. Per-item refusals are in the results; an error fails the
+	// whole batch.
+	CompleteJobs(ctx context.Context, cs []JobCompletion) ([]JobCompleteResult, error)
 	// FailJob moves an accepted job to JobFailed with its problem JSON and
 	// audit event; any other state is ErrJobState.
 	FailJob(ctx context.Context, jobID string, problem []byte, ev AuditEvent) error
@@ -72,6 +143,14 @@ type JobStore interface {
 	// IncrementJobAttempts counts one more delivery of the job and returns
 	// the new count. It writes no audit event (it is not a state change).
 	IncrementJobAttempts(ctx context.Context, jobID string) (int, error)
+	// JobsAwaitingCallback lists finished jobs of every tenant that have a
+	// CallbackURL, no CallbackDeliveredAt and fewer than maxAttempts
+	// callback attempts, oldest finished first; limit <= 0 means no limit.
+	JobsAwaitingCallback(ctx context.Context, maxAttempts, limit int) ([]Job, error)
+	// RecordCallbackAttempt counts one callback delivery tried at t and,
+	// if delivered, sets CallbackDeliveredAt (once: a later delivery keeps
+	// the first time). No audit event: delivery is not a state change.
+	RecordCallbackAttempt(ctx context.Context, jobID string, t time.Time, delivered bool) error
 }
 
 // CheckJobState validates a job state value.
@@ -104,6 +183,19 @@ func CheckCompletion(j Job, w SignatureWrite) error {
 	if w.Signature.TenantID != j.TenantID || w.Signature.IdempotencyKey != j.IdempotencyKey {
 		return fmt.Errorf("store: signature for tenant %q key %q cannot complete job %s of tenant %q key %q",
 			w.Signature.TenantID, w.Signature.IdempotencyKey, j.ID, j.TenantID, j.IdempotencyKey)
+	}
+	return nil
+}
+
+// CheckLinkable reports whether sig, found under job j's key, can complete
+// j: it must be the same request. It returns the error for the completion.
+func CheckLinkable(j Job, sig Signature, linked AuditEvent) error {
+	if !bytes.Equal(sig.RequestHash, j.RequestHash) {
+		return fmt.Errorf("%w: job %s: key %q already has signature %s of another request",
+			ErrIdempotencyTaken, j.ID, j.IdempotencyKey, sig.ID)
+	}
+	if len(linked.Entry) == 0 {
+		return &ExistingSignatureError{JobID: j.ID, Signature: sig}
 	}
 	return nil
 }

@@ -12,65 +12,114 @@ import (
 )
 
 const jobColumns = `id, tenant_id, idempotency_key, request_hash, request, state, signature_id, error, callback_url,
-	release, instance, accepted_at, finished_at, attempts`
+	release, instance, accepted_at, finished_at, attempts, callback_delivered_at, callback_attempts, callback_last_at`
 
 const selectJobSQL = `SELECT ` + jobColumns + ` FROM jobs`
 
 func scanJob(r pgx.Row) (store.Job, error) {
 	var j store.Job
-	var finished *time.Time
-	var attempts int32
+	var finished, delivered, lastCB *time.Time
+	var attempts, cbAttempts int32
 	err := r.Scan(&j.ID, &j.TenantID, &j.IdempotencyKey, &j.RequestHash, &j.Request, &j.State, &j.SignatureID,
-		&j.Error, &j.CallbackURL, &j.Release, &j.Instance, &j.AcceptedAt, &finished, &attempts)
+		&j.Error, &j.CallbackURL, &j.Release, &j.Instance, &j.AcceptedAt, &finished, &attempts,
+		&delivered, &cbAttempts, &lastCB)
 	if err != nil {
 		return store.Job{}, err
 	}
 	j.AcceptedAt, j.FinishedAt, j.Attempts = j.AcceptedAt.UTC(), fromNullTime(finished), int(attempts)
+	j.CallbackDeliveredAt, j.CallbackAttempts, j.CallbackLastAt = fromNullTime(delivered), int(cbAttempts), fromNullTime(lastCB)
 	return j, nil
 }
 
 // CreateJob inserts an accepted job and its audit event; see store.JobStore.
-// It runs under the audit head lock, as CommitSignatures does, so the two
-// see each other's idempotency keys.
 func (s *Store) CreateJob(ctx context.Context, j store.Job, ev store.AuditEvent) (*store.Job, error) {
-	j, err := store.CheckNewJob(j)
-	if err != nil {
-		return nil, err
-	}
-	var existing *store.Job
-	err = s.write(ctx, func(tx pgx.Tx, next int64) (int64, error) {
-		ex, err := scanJob(tx.QueryRow(ctx, selectJobSQL+` WHERE tenant_id = $1 AND idempotency_key = $2`, j.TenantID, j.IdempotencyKey))
-		switch {
-		case err == nil:
-			existing = &ex
-			return 0, nil
-		case !errors.Is(err, pgx.ErrNoRows):
-			return 0, fmt.Errorf("postgres: look up job key %q: %w", j.IdempotencyKey, err)
+	return store.CreateJob(ctx, s, j, ev)
+}
+
+// CreateJobs inserts a batch of accepted jobs and their audit events in one
+// transaction; see store.JobStore.
+func (s *Store) CreateJobs(ctx context.Context, cs []store.JobCreate) ([]store.JobCreateResult, error) {
+	rs, _, err := s.WriteJobs(ctx, cs, nil)
+	return rs, err
+}
+
+// WriteJobs runs CreateJobs' creations, then CompleteJobs' completions, in
+// one transaction; see store.JobBatchStore. It runs under the audit head
+// lock, as CommitSignatures does, so the two see each other's idempotency
+// keys.
+func (s *Store) WriteJobs(ctx context.Context, cs []store.JobCreate, ps []store.JobCompletion) ([]store.JobCreateResult, []store.JobCompleteResult, error) {
+	cres := make([]store.JobCreateResult, len(cs))
+	pres := make([]store.JobCompleteResult, len(ps))
+	err := s.write(ctx, func(tx pgx.Tx, next int64) (int64, error) {
+		clear(cres)
+		clear(pres)
+		used := int64(0)
+		for i, c := range cs {
+			ok, err := createJobTx(ctx, tx, c, next+used, &cres[i])
+			if err != nil {
+				return 0, err
+			}
+			if ok {
+				used++
+			}
 		}
-		var sigID string
-		err = tx.QueryRow(ctx, `SELECT id FROM signatures WHERE tenant_id = $1 AND idempotency_key = $2`, j.TenantID, j.IdempotencyKey).Scan(&sigID)
-		switch {
-		case err == nil:
-			return 0, fmt.Errorf("%w: tenant %s key %q already has synchronous signature %s", store.ErrIdempotencyTaken, j.TenantID, j.IdempotencyKey, sigID)
-		case !errors.Is(err, pgx.ErrNoRows):
-			return 0, fmt.Errorf("postgres: look up signature key %q: %w", j.IdempotencyKey, err)
+		for i, c := range ps {
+			ok, err := completeJobTx(ctx, tx, c, next+used, &pres[i])
+			if err != nil {
+				return 0, err
+			}
+			if ok {
+				used++
+			}
 		}
-		if err := insertNew(ctx, tx, "job "+j.ID, `INSERT INTO jobs (`+jobColumns+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING`,
-			j.ID, j.TenantID, j.IdempotencyKey, nz(j.RequestHash), nz(j.Request), j.State, j.SignatureID, j.Error,
-			j.CallbackURL, j.Release, j.Instance, micros(j.AcceptedAt), nullTime(j.FinishedAt), j.Attempts); err != nil {
-			return 0, err
-		}
-		var a eventArgs
-		if err := a.add(next, ev); err != nil {
-			return 0, err
-		}
-		return 1, insertEvents(ctx, tx, &a)
+		return used, nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return existing, nil
+	return cres, pres, nil
+}
+
+// createJobTx creates one job at audit index idx. It reports whether it
+// used idx; a refusal of this item alone goes to r.Err.
+func createJobTx(ctx context.Context, tx pgx.Tx, c store.JobCreate, idx int64, r *store.JobCreateResult) (bool, error) {
+	j, err := store.CheckNewJob(c.Job)
+	if err != nil {
+		r.Err = err
+		return false, nil
+	}
+	ex, err := scanJob(tx.QueryRow(ctx, selectJobSQL+` WHERE tenant_id = $1 AND idempotency_key = $2`, j.TenantID, j.IdempotencyKey))
+	switch {
+	case err == nil:
+		r.Existing = &ex
+		return false, nil
+	case !errors.Is(err, pgx.ErrNoRows):
+		return false, fmt.Errorf("postgres: look up job key %q: %w", j.IdempotencyKey, err)
+	}
+	var sigID string
+	err = tx.QueryRow(ctx, `SELECT id FROM signatures WHERE tenant_id = $1 AND idempotency_key = $2`, j.TenantID, j.IdempotencyKey).Scan(&sigID)
+	switch {
+	case err == nil:
+		r.Err = fmt.Errorf("%w: tenant %s key %q already has synchronous signature %s", store.ErrIdempotencyTaken, j.TenantID, j.IdempotencyKey, sigID)
+		return false, nil
+	case !errors.Is(err, pgx.ErrNoRows):
+		return false, fmt.Errorf("postgres: look up signature key %q: %w", j.IdempotencyKey, err)
+	}
+	if err := insertNew(ctx, tx, "job "+j.ID, `INSERT INTO jobs (`+jobColumns+`)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, 0, NULL) ON CONFLICT DO NOTHING`,
+		j.ID, j.TenantID, j.IdempotencyKey, nz(j.RequestHash), nz(j.Request), j.State, j.SignatureID, j.Error,
+		j.CallbackURL, j.Release, j.Instance, micros(j.AcceptedAt), nullTime(j.FinishedAt), j.Attempts); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			r.Err = err // the job ID is taken
+			return false, nil
+		}
+		return false, err
+	}
+	var a eventArgs
+	if err := a.add(idx, c.Event); err != nil {
+		return false, err
+	}
+	return true, insertEvents(ctx, tx, &a)
 }
 
 func jobForUpdate(ctx context.Context, tx pgx.Tx, jobID string) (store.Job, error) {
@@ -83,58 +132,121 @@ func jobForUpdate(ctx context.Context, tx pgx.Tx, jobID string) (store.Job, erro
 
 // CompleteJob commits the job's signature, its event and the job's
 // transition to signed in one transaction; see store.JobStore.
-func (s *Store) CompleteJob(ctx context.Context, jobID string, w store.SignatureWrite) (store.WriteResult, error) {
-	var res store.WriteResult
-	err := s.write(ctx, func(tx pgx.Tx, next int64) (int64, error) {
-		j, err := jobForUpdate(ctx, tx, jobID)
+func (s *Store) CompleteJob(ctx context.Context, c store.JobCompletion) (store.WriteResult, error) {
+	return store.CompleteJob(ctx, s, c)
+}
+
+// CompleteJobs completes a batch of jobs in one transaction; see
+// store.JobStore.
+func (s *Store) CompleteJobs(ctx context.Context, cs []store.JobCompletion) ([]store.JobCompleteResult, error) {
+	_, rs, err := s.WriteJobs(ctx, nil, cs)
+	return rs, err
+}
+
+// completeJobTx completes one job at audit index idx. It reports whether
+// it used idx; a refusal of this item alone goes to r.Err.
+func completeJobTx(ctx context.Context, tx pgx.Tx, c store.JobCompletion, idx int64, r *store.JobCompleteResult) (bool, error) {
+	j, err := jobForUpdate(ctx, tx, c.JobID)
+	if errors.Is(err, store.ErrNotFound) {
+		r.Err = err
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	switch j.State {
+	case store.JobSigned:
+		sg, err := scanSignature(tx.QueryRow(ctx, selectSignatureSQL+` WHERE id = $1`, j.SignatureID))
 		if err != nil {
-			return 0, err
+			return false, notFound(err, "signature "+j.SignatureID+" of job "+j.ID)
 		}
-		switch j.State {
-		case store.JobSigned:
-			sg, err := scanSignature(tx.QueryRow(ctx, selectSignatureSQL+` WHERE id = $1`, j.SignatureID))
-			if err != nil {
-				return 0, notFound(err, "signature "+j.SignatureID+" of job "+jobID)
-			}
-			res.Existing = &sg
-			return 0, nil
-		case store.JobFailed:
-			return 0, fmt.Errorf("%w: job %s has failed and cannot be signed", store.ErrJobState, jobID)
+		r.Existing = &sg
+		return false, nil
+	case store.JobFailed:
+		r.Err = fmt.Errorf("%w: job %s has failed and cannot be signed", store.ErrJobState, j.ID)
+		return false, nil
+	}
+	if err := store.CheckCompletion(j, c.Write); err != nil {
+		r.Err = err
+		return false, nil
+	}
+	sg, err := scanSignature(tx.QueryRow(ctx, selectSignatureSQL+` WHERE tenant_id = $1 AND idempotency_key = $2`, j.TenantID, j.IdempotencyKey))
+	switch {
+	case err == nil:
+		if r.Err = store.CheckLinkable(j, sg, c.Linked); r.Err != nil {
+			return false, nil
 		}
-		if err := store.CheckCompletion(j, w); err != nil {
-			return 0, err
-		}
-		var sigID string
-		err = tx.QueryRow(ctx, `SELECT id FROM signatures WHERE tenant_id = $1 AND idempotency_key = $2`, j.TenantID, j.IdempotencyKey).Scan(&sigID)
-		switch {
-		case err == nil:
-			return 0, fmt.Errorf("%w: job %s: key %q already has signature %s", store.ErrIdempotencyTaken, jobID, j.IdempotencyKey, sigID)
-		case !errors.Is(err, pgx.ErrNoRows):
-			return 0, fmt.Errorf("postgres: look up signature key %q: %w", j.IdempotencyKey, err)
-		}
-		var sa sigArgs
 		var ea eventArgs
-		sa.add(w.Signature, next)
-		if err := ea.add(next, w.Event); err != nil {
-			return 0, err
-		}
-		if _, err := tx.Exec(ctx, insertSignaturesSQL, sa.args()...); err != nil {
-			return 0, fmt.Errorf("postgres: insert signature %s: %w", w.Signature.ID, err)
+		if err := ea.add(idx, c.Linked); err != nil {
+			return false, err
 		}
 		if err := insertEvents(ctx, tx, &ea); err != nil {
-			return 0, err
+			return false, err
 		}
-		if _, err := tx.Exec(ctx, `UPDATE jobs SET state = $1, signature_id = $2, finished_at = $3 WHERE id = $4`,
-			store.JobSigned, w.Signature.ID, micros(w.Signature.SignedAt), jobID); err != nil {
-			return 0, fmt.Errorf("postgres: mark job %s signed: %w", jobID, err)
+		if err := markSigned(ctx, tx, j.ID, sg.ID, c.Linked.Time); err != nil {
+			return false, err
 		}
-		res.AuditIndex = next
-		return 1, nil
-	})
-	if err != nil {
-		return store.WriteResult{}, err
+		r.Existing, r.Linked = &sg, true
+		return true, nil
+	case !errors.Is(err, pgx.ErrNoRows):
+		return false, fmt.Errorf("postgres: look up signature key %q: %w", j.IdempotencyKey, err)
 	}
-	return res, nil
+	var sa sigArgs
+	var ea eventArgs
+	sa.add(c.Write.Signature, idx)
+	if err := ea.add(idx, c.Write.Event); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, insertSignaturesSQL, sa.args()...); err != nil {
+		return false, fmt.Errorf("postgres: insert signature %s: %w", c.Write.Signature.ID, err)
+	}
+	if err := insertEvents(ctx, tx, &ea); err != nil {
+		return false, err
+	}
+	if err := markSigned(ctx, tx, j.ID, c.Write.Signature.ID, c.Write.Signature.SignedAt); err != nil {
+		return false, err
+	}
+	r.AuditIndex = idx
+	return true, nil
+}
+
+func markSigned(ctx context.Context, tx pgx.Tx, jobID, sigID string, at time.Time) error {
+	if _, err := tx.Exec(ctx, `UPDATE jobs SET state = $1, signature_id = $2, finished_at = $3 WHERE id = $4`,
+		store.JobSigned, sigID, micros(at), jobID); err != nil {
+		return fmt.Errorf("postgres: mark job %s signed: %w", jobID, err)
+	}
+	return nil
+}
+
+// JobsAwaitingCallback lists finished jobs whose callback is undelivered.
+func (s *Store) JobsAwaitingCallback(ctx context.Context, maxAttempts, limit int) ([]store.Job, error) {
+	var lim *int
+	if limit > 0 {
+		lim = &limit
+	}
+	rows, err := s.pool.Query(ctx, selectJobSQL+` WHERE callback_url <> '' AND callback_delivered_at IS NULL AND state <> 'accepted'
+		AND callback_attempts < $1 ORDER BY finished_at, id LIMIT $2`, maxAttempts, lim)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list jobs awaiting callback: %w", err)
+	}
+	return collect(rows, "jobs awaiting callback", scanJob)
+}
+
+// RecordCallbackAttempt counts a callback delivery attempt.
+func (s *Store) RecordCallbackAttempt(ctx context.Context, jobID string, t time.Time, delivered bool) error {
+	var delivAt any
+	if delivered {
+		delivAt = micros(t)
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE jobs SET callback_attempts = callback_attempts + 1, callback_last_at = $1,
+		callback_delivered_at = COALESCE(callback_delivered_at, $2::timestamptz) WHERE id = $3`, micros(t), delivAt, jobID)
+	if err != nil {
+		return fmt.Errorf("postgres: record callback of job %s: %w", jobID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("postgres: job %s: %w", jobID, store.ErrNotFound)
+	}
+	return nil
 }
 
 // FailJob moves an accepted job to failed with its event.

@@ -248,9 +248,15 @@ type idemKey struct{ tenant, key string }
 // keyLookupRows is the most (tenant, key) pairs per lookup statement.
 const keyLookupRows = 256
 
-// lookupKeys runs head + " WHERE (tenant_id, idempotency_key) IN (VALUES ...)"
-// over keys in cached chunks and calls scan for every row.
-func (s *Store) lookupKeys(ctx context.Context, tx *sql.Tx, head string, keys []idemKey, scan func(rowScanner) error) error {
+// lookupKeys selects cols from table's rows holding any of keys, in cached
+// chunks, and calls scan for every row. The keys are a VALUES list joined
+// to table's (tenant_id, idempotency_key) unique index, CROSS JOIN fixing
+// the list as the outer loop: one index search per key. (The plainer
+// "WHERE (tenant_id, idempotency_key) IN (VALUES ...)" is planned as a
+// scan of the whole table: every group commit then reads every signature
+// ever made, and throughput falls as the table grows.)
+func (s *Store) lookupKeys(ctx context.Context, tx *sql.Tx, cols, table string, keys []idemKey, scan func(rowScanner) error) error {
+	head, tail := lookupSQL(cols, table)
 	at := 0
 	for _, n := range rowChunks(len(keys), keyLookupRows) {
 		args := make([]any, 0, 2*n)
@@ -258,7 +264,7 @@ func (s *Store) lookupKeys(ctx context.Context, tx *sql.Tx, head string, keys []
 			args = append(args, k.tenant, k.key)
 		}
 		at += n
-		q := s.stmts.multiRow(head+" WHERE (tenant_id, idempotency_key) IN (", 2, n, ")")
+		q := s.stmts.multiRow(head, 2, n, tail)
 		st, err := s.txStmt(ctx, tx, q)
 		if err != nil {
 			return err
@@ -283,9 +289,15 @@ func (s *Store) lookupKeys(ctx context.Context, tx *sql.Tx, head string, keys []
 	return nil
 }
 
+// lookupSQL returns the multiRow head and tail of lookupKeys' statement.
+func lookupSQL(cols, table string) (head, tail string) {
+	return "SELECT " + cols + " FROM (",
+		") AS v CROSS JOIN " + table + " ON " + table + ".tenant_id = v.column1 AND " + table + ".idempotency_key = v.column2"
+}
+
 func (s *Store) existingSignatures(ctx context.Context, tx *sql.Tx, keys []idemKey) (map[idemKey]store.Signature, error) {
 	out := make(map[idemKey]store.Signature)
-	err := s.lookupKeys(ctx, tx, selectSignatureSQL, keys, func(r rowScanner) error {
+	err := s.lookupKeys(ctx, tx, sigColumns, "signatures", keys, func(r rowScanner) error {
 		sg, err := scanSignature(r)
 		if err == nil {
 			out[idemKey{sg.TenantID, sg.IdempotencyKey}] = sg
@@ -301,7 +313,7 @@ func (s *Store) existingSignatures(ctx context.Context, tx *sql.Tx, keys []idemK
 // jobKeys returns the jobs holding any of keys, by key.
 func (s *Store) jobKeys(ctx context.Context, tx *sql.Tx, keys []idemKey) (map[idemKey]string, error) {
 	out := make(map[idemKey]string)
-	err := s.lookupKeys(ctx, tx, `SELECT tenant_id, idempotency_key, id FROM jobs`, keys, func(r rowScanner) error {
+	err := s.lookupKeys(ctx, tx, "jobs.tenant_id, jobs.idempotency_key, jobs.id", "jobs", keys, func(r rowScanner) error {
 		var k idemKey
 		var id string
 		err := r.Scan(&k.tenant, &k.key, &id)

@@ -27,6 +27,7 @@ type DB struct {
 func RunDB(t *testing.T, newDB func(t *testing.T) DB) {
 	t.Run("AppendOnly", func(t *testing.T) { testAppendOnly(t, newDB(t)) })
 	t.Run("SchemaGate", func(t *testing.T) { testSchemaGate(t, newDB(t)) })
+	t.Run("JobLinkExisting", func(t *testing.T) { testJobLinkExisting(t, newDB(t)) })
 }
 
 func openT(t *testing.T, db DB, opts store.Options) store.Store {
@@ -46,7 +47,7 @@ func testAppendOnly(t *testing.T, db DB) {
 		_, err := s.CreateJob(ctx, job("acme", k, 2), event("job.accepted", "acme", k, 2))
 		must(t, "CreateJob", err)
 	}
-	_, err = s.CompleteJob(ctx, "job-acme-j-signed", write("acme", "j-signed", 3))
+	_, err = s.CompleteJob(ctx, store.JobCompletion{JobID: "job-acme-j-signed", Write: write("acme", "j-signed", 3)})
 	must(t, "CompleteJob", err)
 	must(t, "FailJob", s.FailJob(ctx, "job-acme-j-failed", []byte(`{}`), event("job.failed", "acme", "j-failed", 4)))
 	must(t, "AppendJournal", s.AppendJournal(ctx, "run-1", 0, []byte(`{}`), event("playbook.run.started", "", "run-1", 5)))

@@ -73,14 +73,14 @@ func testJobs(t *testing.T, s store.Store) {
 
 	// The worker signs it; a redelivery signs again and gets the first.
 	w := write("acme", "a1", 3)
-	r, err := s.CompleteJob(ctx, j.ID, w)
+	r, err := s.CompleteJob(ctx, store.JobCompletion{JobID: j.ID, Write: w})
 	must(t, "CompleteJob", err)
 	if r.Existing != nil || r.AuditIndex != 1 {
 		t.Fatalf("CompleteJob = %+v, want AuditIndex 1", r)
 	}
 	again := write("acme", "a1", 4)
 	again.Signature.ID = "sig-redelivered"
-	r2, err := s.CompleteJob(ctx, j.ID, again)
+	r2, err := s.CompleteJob(ctx, store.JobCompletion{JobID: j.ID, Write: again})
 	must(t, "CompleteJob redelivered", err)
 	if r2.Existing == nil || r2.Existing.ID != w.Signature.ID || r2.Existing.AuditIndex != 1 {
 		t.Errorf("CompleteJob redelivered = %+v, want Existing %s at 1", r2, w.Signature.ID)
@@ -110,7 +110,7 @@ func testJobs(t *testing.T, s store.Store) {
 	j2 := job("acme", "a2", 7)
 	_, err = s.CreateJob(ctx, j2, event("job.accepted", "acme", j2.ID, 7))
 	must(t, "CreateJob a2", err)
-	if _, err := s.CompleteJob(ctx, j2.ID, write("acme", "not-a2", 8)); err == nil {
+	if _, err := s.CompleteJob(ctx, store.JobCompletion{JobID: j2.ID, Write: write("acme", "not-a2", 8)}); err == nil {
 		t.Error("CompleteJob with another idempotency key succeeded")
 	}
 	problem := []byte(`{"type":"https://countersign.dev/problems/key-disabled","status":422}`)
@@ -121,9 +121,9 @@ func testJobs(t *testing.T, s store.Store) {
 		t.Errorf("failed job = %+v, want failed with the problem at %v", got, at(9))
 	}
 	wantErr(t, "FailJob twice", s.FailJob(ctx, j2.ID, problem, event("job.failed", "acme", j2.ID, 10)), store.ErrJobState)
-	_, err = s.CompleteJob(ctx, j2.ID, write("acme", "a2", 11))
+	_, err = s.CompleteJob(ctx, store.JobCompletion{JobID: j2.ID, Write: write("acme", "a2", 11)})
 	wantErr(t, "CompleteJob failed", err, store.ErrJobState)
-	_, err = s.CompleteJob(ctx, "nope", write("acme", "x", 12))
+	_, err = s.CompleteJob(ctx, store.JobCompletion{JobID: "nope", Write: write("acme", "x", 12)})
 	wantErr(t, "CompleteJob(nope)", err, store.ErrNotFound)
 	wantErr(t, "FailJob(nope)", s.FailJob(ctx, "nope", problem, event("job.failed", "acme", "nope", 13)), store.ErrNotFound)
 	// accept a1, sign a1, accept a2, fail a2.
@@ -195,7 +195,7 @@ func testJobsByState(t *testing.T, s store.Store) {
 		must(t, "CreateJob", err)
 	}
 	// Sign k0 (accepted at(10)) so it leaves the accepted set.
-	_, err := s.CompleteJob(ctx, "job-t0-k0", write("t0", "k0", 20))
+	_, err := s.CompleteJob(ctx, store.JobCompletion{JobID: "job-t0-k0", Write: write("t0", "k0", 20)})
 	must(t, "CompleteJob", err)
 	tests := []struct {
 		state    string
