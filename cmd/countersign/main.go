@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 )
 
@@ -89,6 +90,9 @@ func run(args []string, env *cliEnv) int {
 	if errors.As(err, &ee) {
 		return ee.code
 	}
+	if isFlagError(err) {
+		return 2
+	}
 	return 1
 }
 
@@ -103,6 +107,18 @@ func printUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'countersign <command> -h' for a command's flags.")
+}
+
+// isFlagError reports whether err is the flag package's own parse error
+// (its messages are fixed), which is a usage error: exit status 2.
+func isFlagError(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"flag provided but not defined", "invalid value ", "invalid boolean ", "bad flag syntax", "flag needs an argument"} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // newFlagSet returns a flag set that writes its usage to env.stderr and
