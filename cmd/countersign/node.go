@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/internal/auditlog"
+	"github.com/countersign/countersign/internal/flags"
 	"github.com/countersign/countersign/internal/install"
 	"github.com/countersign/countersign/internal/node"
 	"github.com/countersign/countersign/internal/store"
@@ -37,6 +38,7 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 	faultRate := fs.Float64("fault-rate", 1, "fraction of requests the fault affects")
 	logLevel := fs.String("log-level", "info", "debug | info | warn | error")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback address (e.g. 127.0.0.1:6060); off by default")
+	flagsPath := fs.String("flags", "", "flagd-format flag file of this release (validated at start, watched for changes); off when empty")
 	qf := addQueueFlags(env, fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -107,6 +109,22 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 		go func() { integrated <- integrator.Run(runCtx) }()
+	}
+
+	if *flagsPath != "" {
+		// The signing path does not evaluate flags yet (internal/node takes
+		// no flag set): the file is validated, watched and logged, so a
+		// release never starts on a broken flag file.
+		set, err := flags.New(ctx, flags.Config{Path: *flagsPath, Logger: logger})
+		if err != nil {
+			return fmt.Errorf("--flags: %w", err)
+		}
+		defer set.Close(context.WithoutCancel(ctx))
+		_, sum := set.Snapshot()
+		logger.Info("flags loaded", slog.String("file", *flagsPath), slog.String("sha256", sum),
+			slog.String(flags.CMSDigest, set.String(ctx, flags.CMSDigest, "sha256", flags.EvalContext{})),
+			slog.Bool(flags.NewSigningPath, set.Bool(ctx, flags.NewSigningPath, false, flags.EvalContext{})))
+		go set.Watch(runCtx)
 	}
 
 	q, err := qf.open(ctx, *data, logger)

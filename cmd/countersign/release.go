@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"os"
 
 	"github.com/countersign/countersign/internal/control"
 )
@@ -63,6 +64,7 @@ func runRelease(ctx context.Context, env *cliEnv, args []string) error {
 	faultRate := fs.Float64("fault-rate", 1, "share of the release's requests the fault hits")
 	schemaMin := fs.Int("schema-min", 0, "override the lowest store schema the release declares it runs against")
 	schemaMax := fs.Int("schema-max", 0, "override the highest store schema the release declares it runs against")
+	flagsFile := fs.String("flags", "", "flagd-format flag file of the release (stored as DATA/releases/<id>.flagd.json; default: a copy of DATA/flags.flagd.json)")
 	replicas := fs.Int("replicas", 0, "node processes (default: the world's)")
 	as := fs.String("as", "", "who deploys (audit actor; default $USER)")
 	asJSON := fs.Bool("json", false, "print the new fleet revision as JSON")
@@ -75,12 +77,23 @@ func runRelease(ctx context.Context, env *cliEnv, args []string) error {
 	if *canary < 0 || *canary > 100 {
 		return usageError("--canary must be 0..100")
 	}
+	var flagsData []byte
+	if *flagsFile != "" {
+		b, err := os.ReadFile(*flagsFile)
+		if err != nil {
+			return usageError("--flags: %v", err)
+		}
+		if !json.Valid(b) {
+			return usageError("--flags: %s is not JSON", *flagsFile)
+		}
+		flagsData = b
+	}
 	c, err := dialControl(env, *data, *as)
 	if err != nil {
 		return err
 	}
 	spec := control.ReleaseSpec{ID: *id, Pool: *pool, Fault: *fault, FaultRate: *faultRate, SchemaMin: *schemaMin,
-		SchemaMax: *schemaMax, Replicas: *replicas}
+		SchemaMax: *schemaMax, Replicas: *replicas, Flags: flagsData}
 	if *pool == control.PoolCanary {
 		spec.Weight = *canary
 	}
@@ -96,6 +109,7 @@ func runRelease(ctx context.Context, env *cliEnv, args []string) error {
 	if *pool == control.PoolCanary {
 		fmt.Fprintf(env.stdout, "weights: %s %d%%, %s %d%%\n", control.PoolStable, 100-*canary, control.PoolCanary, *canary)
 	}
+	fmt.Fprintf(env.stdout, "flags: %s\n", control.ReleaseFlagsPath(*data, rev.Release.ID))
 	if *fault != "" {
 		fmt.Fprintf(env.stdout, "DRILL fault %q at rate %g\n", *fault, *faultRate)
 	}

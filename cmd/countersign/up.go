@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/internal/control"
+	"github.com/countersign/countersign/internal/flags"
 	"github.com/countersign/countersign/internal/install"
 	"github.com/countersign/countersign/internal/keys/soft"
 )
@@ -92,6 +93,13 @@ func runUp(ctx context.Context, env *cliEnv, args []string) error {
 		logger = slog.New(slog.NewJSONHandler(f, nil))
 	}
 
+	created, err := flags.EnsureFile(control.FlagsPath(dir))
+	if err != nil {
+		return err
+	}
+	if created {
+		fmt.Fprintf(out, "wrote the default flag file %s\n", control.FlagsPath(dir))
+	}
 	// A control.json left by a process that was killed names dead URLs.
 	os.Remove(filepath.Join(dir, control.EndpointsFile))
 	fmt.Fprintf(out, "starting the world in %s (stable pool on %s)...\n", dir, *base)
@@ -102,7 +110,7 @@ func runUp(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	u := w.URLs()
-	printUp(out, dir, u, *drill, *auto, *autoContain, w.Incidents())
+	printUp(out, dir, u, w.QueueURL(), *drill, *auto, *autoContain, w.Incidents())
 
 	<-ctx.Done()
 	fmt.Fprintln(out, "stopping: draining the fleet...")
@@ -140,15 +148,17 @@ func initIfMissing(ctx context.Context, env *cliEnv, dir string) error {
 	return nil
 }
 
-func printUp(w io.Writer, dir string, u control.URLs, drill, auto, contain bool, incs []control.Incident) {
+func printUp(w io.Writer, dir string, u control.URLs, queueURL string, drill, auto, contain bool, incs []control.Incident) {
 	fmt.Fprintf(w, "world up\n")
 	fmt.Fprintf(w, "  gateway          %s   (sign and verify here)\n", u.Gateway)
 	fmt.Fprintf(w, "  gateway admin    %s\n", u.Admin)
 	fmt.Fprintf(w, "  control API      %s\n", u.Control)
 	fmt.Fprintf(w, "  admin token      %s\n", filepath.Join(dir, control.AdminTokenFile))
 	fmt.Fprintf(w, "  endpoints file   %s\n", filepath.Join(dir, control.EndpointsFile))
-	fmt.Fprintf(w, "  queue            not wired into up yet: async intake (embedded JetStream) is not running\n")
-	fmt.Fprintf(w, "  flags            not wired into up yet: releases run with their built-in flag defaults\n")
+	fmt.Fprintf(w, "  queue            %s   (embedded JetStream, store %s; POST /v1/sign:async, GET /v1/jobs/{id})\n",
+		queueURL, filepath.Join(dir, control.QueueStoreDir))
+	fmt.Fprintf(w, "  flags            %s   (each release gets %s)\n", control.FlagsPath(dir),
+		filepath.Join(dir, control.ReleasesDir, "<release>.flagd.json"))
 	mode := "production-like: approval gates wait for `countersign playbook approve`"
 	if drill {
 		mode = "DRILL: fault scenarios allowed, approval gates approved by the drill policy"

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/internal/api"
+	"github.com/countersign/countersign/internal/flags"
 	"github.com/countersign/countersign/internal/fleet"
 	"github.com/countersign/countersign/internal/gateway"
 	"github.com/countersign/countersign/internal/keys"
@@ -148,7 +149,8 @@ func (w *World) planMaintenance(ctx context.Context, c playbook.Call) (playbook.
 		}
 	}
 	if str(c, "pause_async_intake") == "true" {
-		pl.Notes = append(pl.Notes, "async intake: not built into this world yet (no queue); nothing to pause")
+		pl.Changes = append(pl.Changes, playbook.Change{Target: "gateway:POST /v1/sign:async", To: "503 + Retry-After", Detail: "async intake refused by the gate"})
+		pl.Notes = append(pl.Notes, "queue consumers: "+sharedConsumerNote)
 	}
 	return pl, nil
 }
@@ -184,7 +186,13 @@ func (w *World) runMaintenance(ctx context.Context, c playbook.Call) (playbook.O
 	}
 	out["gate_on"] = g.On
 	out["since"] = g.Since.Format(time.RFC3339Nano)
-	out["async_intake"] = "no queue in this world"
+	if on {
+		out["async_intake"] = "paused: the gate answers POST /v1/sign:async with 503 + Retry-After"
+	} else {
+		out["async_intake"] = "open"
+	}
+	out["consumers"] = sharedConsumerNote
+	out["consumer_state"] = w.consumerState(ctx)
 	if inc, err := w.incidentFor(ctx, c); err == nil && on {
 		now := w.now().UTC()
 		w.incidents.update(ctx, inc.ID, "incident.contained", map[string]any{"gate_on_at": now.Format(time.RFC3339Nano)},
@@ -237,6 +245,23 @@ func (w *World) snapshotParts() []snapshot.Part {
 	}
 	parts = append(parts, snapshot.Audit{Store: st}, snapshot.KeyInventory{Store: st}, snapshot.KeyEvents{Store: st},
 		snapshot.Fleet{Fleet: w.fleet})
+	if w.queue != nil {
+		parts = append(parts, snapshot.QueueStream{Queue: w.queue.q}, snapshot.QueuePositions{Queue: w.queue.q})
+	}
+	parts = append(parts, worldFlagsPart{path: FlagsPath(w.cfg.Dir), log: w.log})
+	if st, err := w.fleet.Status(context.Background()); err == nil {
+		seen := map[string]bool{}
+		for _, p := range st {
+			id := p.Release.ID
+			if id == "" || seen[id] {
+				continue
+			}
+			seen[id] = true
+			if path := ReleaseFlagsPath(w.cfg.Dir, id); fileExists(path) {
+				parts = append(parts, releaseFlagsPart{id: id, path: path})
+			}
+		}
+	}
 	return parts
 }
 
@@ -245,7 +270,6 @@ func (w *World) planSnapshot(ctx context.Context, c playbook.Call) (playbook.Pla
 	for _, p := range w.snapshotParts() {
 		pl.Changes = append(pl.Changes, playbook.Change{Target: "immutable:" + filepath.Join(w.cfg.Dir, "snapshots"), To: p.Name(), Detail: p.Kind()})
 	}
-	pl.Notes = append(pl.Notes, "queue stream and positions: no queue in this world; flags: no flags file in this world")
 	return pl, nil
 }
 
@@ -288,7 +312,11 @@ func (w *World) planIsolate(ctx context.Context, c playbook.Call) (playbook.Plan
 		pl.Changes = append(pl.Changes, playbook.Change{Target: "gateway:weight/" + p, To: "0"},
 			playbook.Change{Target: "fleet:pool/" + p, To: "drained, 0 replicas"})
 	}
-	pl.Notes = append(pl.Notes, "flags: no flags file in this world; consumers: no queue in this world")
+	if str(c, "flags_off") != "false" {
+		pl.Changes = append(pl.Changes, playbook.Change{Target: "flags:" + ReleaseFlagsPath(w.cfg.Dir, str(c, "release")),
+			To: flags.NewSigningPath + "=off", Detail: "audited before the file changes"})
+	}
+	pl.Notes = append(pl.Notes, "consumers: "+sharedConsumerNote)
 	return pl, nil
 }
 
@@ -325,8 +353,35 @@ func (w *World) runIsolate(ctx context.Context, c playbook.Call) (playbook.Outpu
 		out["killed"] = rep.Killed
 	}
 	out["pools"] = isolated
-	out["flags"] = "no flags file in this world"
+	out["consumers"] = sharedConsumerNote
+	out["consumer_state"] = w.consumerState(ctx)
+	if str(c, "flags_off") != "false" {
+		ch, err := w.newPathOff(ctx, c, rel)
+		if err != nil {
+			return nil, err
+		}
+		out["flags"] = ch
+	}
 	return out, nil
+}
+
+// newPathOff pins the new signing code path off in the regressive
+// release's flag file; the audit event is recorded before the file changes.
+func (w *World) newPathOff(ctx context.Context, c playbook.Call, rel string) (map[string]any, error) {
+	if err := validReleaseID(rel); err != nil {
+		return nil, err
+	}
+	path := ReleaseFlagsPath(w.cfg.Dir, rel)
+	if !fileExists(path) {
+		return map[string]any{"file": path, "note": "release " + rel + " has no flag file here; nothing to change"}, nil
+	}
+	ch, err := flags.SetVariant(ctx, path, flags.NewSigningPath, "off", "playbook:"+c.RunID+"/"+c.StepID,
+		"isolate regressive release "+rel+" (incident "+c.Params["incident"]+")", flagRecorder{w.rec})
+	if err != nil {
+		return nil, fmt.Errorf("turn %s off for %s: %w", flags.NewSigningPath, rel, err)
+	}
+	return map[string]any{"file": path, "flag": ch.Flag, "from": ch.FromVariant, "to": ch.ToVariant,
+		"from_state": ch.FromState, "to_state": ch.ToState, "changed": ch.Changed, "sha256": ch.SHA256}, nil
 }
 
 // --- 6. roll back

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/countersign/countersign/internal/api"
@@ -14,11 +15,11 @@ import (
 	"github.com/countersign/countersign/internal/reconcile"
 )
 
-// noWorkerReason is why the replay step lists in-flight jobs for manual
-// review instead of replaying them: the control process runs no stable
-// worker (the embedded world has no async queue wired), and replaying by
-// any other path would guess.
-const noWorkerReason = "the control process runs no stable worker to replay it through; left accepted for an operator"
+// replayNote says how the replay step replays: through the queue, to the
+// stable pool's workers, not by a worker of its own.
+const replayNote = "in-flight jobs re-published to the work queue and signed by the stable pool's workers " +
+	"(idempotent per job and idempotency key); not quarantined first, since quarantine deletes the queued copy " +
+	"and the broker drops a re-publish of the same message ID within its de-duplication window"
 
 // inFlight counts accepted-but-unfinished jobs accepted up to now.
 func (w *World) inFlight(ctx context.Context) (int, error) {
@@ -45,7 +46,15 @@ func (w *World) planReplay(ctx context.Context, c playbook.Call) (playbook.Plan,
 	if err != nil {
 		return playbook.Plan{}, err
 	}
-	return playbook.Plan{Notes: []string{fmt.Sprintf("%d accepted jobs in flight; without a stable worker in the control process they are listed for manual review, never replayed by guess", n)}}, nil
+	return playbook.Plan{Changes: []playbook.Change{{Target: "queue:" + w.QueueURL(), To: fmt.Sprintf("%d jobs re-published", n),
+		Detail: "at " + replayRateOf(c) + "/s; ambiguous jobs go to manual review"}}, Notes: []string{replayNote}}, nil
+}
+
+func replayRateOf(c playbook.Call) string {
+	if r := str(c, "rate"); r != "" {
+		return r
+	}
+	return fmt.Sprint(reconcile.DefaultReplayRate)
 }
 
 func (w *World) runReplay(ctx context.Context, c playbook.Call) (playbook.Outputs, error) {
@@ -64,27 +73,53 @@ func (w *World) runReplay(ctx context.Context, c playbook.Call) (playbook.Output
 		return nil, err
 	}
 	if !ok {
-		r, err := reconcile.Replay(ctx, reconcile.ReplayConfig{Jobs: w.inst.Store, IncludeOlder: true, DryRun: true, Logger: w.log,
-			Window: reconcile.Window{To: w.now().UTC().Add(time.Nanosecond)}})
+		rate, err := strconv.ParseFloat(replayRateOf(c), 64)
+		if err != nil || rate <= 0 {
+			return nil, fmt.Errorf("control: replay rate %q: must be a number > 0", str(c, "rate"))
+		}
+		if err := w.rec.Record(actorCtx(ctx, c), "reconcile.replay_started", "incident/"+inc.ID,
+			map[string]any{"rate": rate, "queue": w.QueueURL()}); err != nil {
+			return nil, err
+		}
+		r, err := reconcile.Replay(ctx, reconcile.ReplayConfig{Jobs: w.inst.Store, IncludeOlder: true, Rate: rate, Logger: w.log,
+			Processor: republisher{q: w.queue.q, jobs: w.inst.Store, every: 2 * time.Second, timeout: 2 * time.Minute},
+			Window:    reconcile.Window{To: w.now().UTC().Add(time.Nanosecond)}})
 		if err != nil {
 			return nil, err
 		}
-		for _, it := range r.Found.Replay {
-			it.Reason = noWorkerReason
-			r.Found.ManualReview = append(r.Found.ManualReview, it)
+		if len(r.Failed) > 0 {
+			// Retried by the engine; a later run replays what is left.
+			return nil, fmt.Errorf("control: %d of %d replays did not finish, e.g. %s: %s", len(r.Failed), len(r.Found.Replay),
+				r.Failed[0].MessageID, r.Failed[0].Error)
 		}
-		r.Found.Replay = []reconcile.Item{}
 		if err := writeJSONAtomic(path, r); err != nil {
 			return nil, err
 		}
-		if err := w.rec.Record(actorCtx(ctx, c), "reconcile.replay_listed", "incident/"+inc.ID,
-			map[string]any{"manual_review": len(r.Found.ManualReview), "replayed": 0, "reason": noWorkerReason}); err != nil {
+		if err := w.rec.Record(actorCtx(ctx, c), "reconcile.replayed", "incident/"+inc.ID,
+			map[string]any{"replayed": len(r.Replayed), "manual_review": len(r.Found.ManualReview), "outcome": r.Outcome}); err != nil {
 			return nil, err
 		}
 		rep = *r
 	}
-	return playbook.Outputs{"replayed": len(rep.Replayed), "duplicates": 0, "manual_review": len(rep.Found.ManualReview),
-		"report": path, "note": noWorkerReason}, nil
+	return playbook.Outputs{"replayed": len(rep.Replayed), "duplicates": w.duplicateKeys(ctx, rep), "manual_review": len(rep.Found.ManualReview),
+		"report": path, "note": replayNote}, nil
+}
+
+// duplicateKeys counts the replayed jobs whose idempotency key holds a
+// signature other than the one their job records (a second artifact).
+func (w *World) duplicateKeys(ctx context.Context, rep reconcile.ReplayReport) int {
+	n := 0
+	for _, it := range rep.Found.Replay {
+		j, err := w.inst.Store.JobByIdempotencyKey(ctx, it.TenantID, it.IdempotencyKey)
+		if err != nil || j.SignatureID == "" {
+			continue
+		}
+		s, err := w.inst.Store.SignatureByIdempotencyKey(ctx, it.TenantID, it.IdempotencyKey)
+		if err == nil && s.ID != j.SignatureID {
+			n++
+		}
+	}
+	return n
 }
 
 // --- 10. reconcile

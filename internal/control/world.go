@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/internal/auditlog"
+	"github.com/countersign/countersign/internal/flags"
 	"github.com/countersign/countersign/internal/fleet"
 	"github.com/countersign/countersign/internal/fleet/local"
 	"github.com/countersign/countersign/internal/gateway"
@@ -88,8 +90,12 @@ type Config struct {
 	// NotifyWebhookSecret (HMAC-SHA256, Standard Webhooks headers).
 	NotifyWebhook       string
 	NotifyWebhookSecret notify.Secret
-	Logger              *slog.Logger
-	Now                 func() time.Time
+	// QueueAckWait is how long a job message delivered to a worker that
+	// stops without acknowledging it waits before redelivery (default
+	// DefaultQueueAckWait).
+	QueueAckWait time.Duration
+	Logger       *slog.Logger
+	Now          func() time.Time
 }
 
 // World is a running embedded Countersign installation.
@@ -107,6 +113,7 @@ type World struct {
 	token    string // admin/control token
 	servers  []*http.Server
 
+	queue    *worldQueue // embedded JetStream: async signing
 	fleet    *local.Fleet
 	artifact fleet.Release // base release template (artifact + checksum)
 
@@ -136,8 +143,9 @@ type URLs struct {
 	Control string `json:"control"`
 }
 
-// Start brings the world up: store, audit integrator, gateway, fleet
-// (the stable pool on BaseRelease), probes, detector, playbook engine and
+// Start brings the world up: store, audit integrator, flag files, the
+// embedded JetStream queue, gateway, fleet (the stable pool on
+// BaseRelease, its nodes signing sync and async), probes, detector, playbook engine and
 // the control API.
 func Start(ctx context.Context, cfg Config) (w *World, err error) {
 	if cfg.Logger == nil {
@@ -200,6 +208,12 @@ func Start(ctx context.Context, cfg Config) (w *World, err error) {
 		return nil, err
 	}
 	if w.token, err = adminToken(dir); err != nil {
+		return nil, err
+	}
+	if _, err := flags.EnsureFile(FlagsPath(dir)); err != nil {
+		return nil, err
+	}
+	if err := w.startQueue(ctx); err != nil {
 		return nil, err
 	}
 	if err := w.startGateway(ctx); err != nil {
@@ -344,15 +358,21 @@ type ReleaseSpec struct {
 	SchemaMin int `json:"schema_min,omitempty"`
 	SchemaMax int `json:"schema_max,omitempty"`
 	Replicas  int `json:"replicas,omitempty"`
+	// Flags is the release's own flagd-format flag file; it is validated
+	// and stored as <Dir>/releases/<ID>.flagd.json. Without it the release
+	// keeps the file it has, or gets a copy of the world's defaults.
+	Flags json.RawMessage `json:"flags,omitempty"`
 }
 
 // release builds the fleet release for spec: this very binary, started as
-// `countersign node` against the world's data directory.
-func (w *World) release(spec ReleaseSpec) (fleet.Release, error) {
+// `countersign node` against the world's data directory, its queue (each
+// node runs an async worker) and the release's flag file.
+func (w *World) release(spec ReleaseSpec, flagsPath string) (fleet.Release, error) {
 	rel := w.artifact.Clone()
 	rel.ID = spec.ID
 	rel.Args = []string{"node", "--data", w.cfg.Dir, "--listen", "{{.Listen}}", "--release", "{{.Release}}",
-		"--instance", "{{.Instance}}", "--integrate=false"}
+		"--instance", "{{.Instance}}", "--integrate=false",
+		"--nats", w.queue.url, "--worker", "--queue-ack-wait", w.ackWait().String(), "--flags", flagsPath}
 	if spec.Fault != "" {
 		if !w.cfg.Drill {
 			return fleet.Release{}, errors.New("control: fault scenarios are honoured only in drill worlds")
@@ -381,7 +401,11 @@ func (w *World) deploy(ctx context.Context, spec ReleaseSpec) (fleet.Revision, e
 	if spec.Pool == "" {
 		spec.Pool = PoolCanary
 	}
-	rel, err := w.release(spec)
+	flagsPath, err := w.ensureReleaseFlags(ctx, spec)
+	if err != nil {
+		return fleet.Revision{}, err
+	}
+	rel, err := w.release(spec, flagsPath)
 	if err != nil {
 		return fleet.Revision{}, err
 	}
@@ -389,7 +413,7 @@ func (w *World) deploy(ctx context.Context, spec ReleaseSpec) (fleet.Revision, e
 	if replicas <= 0 {
 		replicas = w.cfg.Replicas
 	}
-	if err := w.rec.Record(ctx, "release.deploying", "pool/"+spec.Pool, map[string]any{"release": spec.ID, "fault": spec.Fault,
+	if err := w.rec.Record(ctx, "release.deploying", "pool/"+spec.Pool, map[string]any{"release": spec.ID, "fault": spec.Fault, "flags": flagsPath,
 		"schema_min": rel.SchemaMin, "schema_max": rel.SchemaMax, "artifact_sha256": rel.SHA256}); err != nil {
 		return fleet.Revision{}, err
 	}
@@ -601,6 +625,7 @@ func (w *World) Close() error {
 		s.Shutdown(shCtx)
 	}
 	w.wg.Wait()
+	errs = append(errs, w.queue.close())
 	if w.inst != nil {
 		errs = append(errs, w.inst.Close())
 	}

@@ -88,6 +88,10 @@ type Requests struct {
 	Errors     int `json:"errors"` // final problem answers other than 503 (e.g. 422)
 	Lost       int `json:"lost"`
 	Duplicates int `json:"duplicates"`
+	// AsyncSent and AsyncAccepted count the requests sent through POST
+	// /v1/sign:async (included above) and those whose job ended signed.
+	AsyncSent     int `json:"async_sent"`
+	AsyncAccepted int `json:"async_accepted"`
 }
 
 // Step is one playbook step in the report.
@@ -222,6 +226,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.progress("shipping v2 to the canary pool at 10%% with fault %q", cfg.Scenario.Fault)
 	deployed := time.Now()
 	spec := control.ReleaseSpec{ID: "v2", Pool: control.PoolCanary, Weight: 10, Fault: cfg.Scenario.Fault, FaultRate: cfg.Scenario.Rate}
+	// v2 ships the new signing code path on; isolate turns it off.
+	if spec.Flags, err = newPathOn(); err != nil {
+		ld.finish()
+		return nil, err
+	}
 	if cfg.Scenario.SchemaBump {
 		spec.SchemaMin, spec.SchemaMax = store.SchemaVersion+1, store.SchemaVersion+1
 	}
@@ -327,9 +336,15 @@ func grade(ctx context.Context, rep *Report, w *control.World, st store.Store, o
 	// event; no idempotency key may have two signatures.
 	rep.Requests.Sent = len(outs)
 	for _, o := range outs {
+		if o.Async {
+			rep.Requests.AsyncSent++
+		}
 		switch o.Status {
 		case "accepted":
 			rep.Requests.Accepted++
+			if o.Async {
+				rep.Requests.AsyncAccepted++
+			}
 			sig, err := st.SignatureByIdempotencyKey(ctx, "dev", o.Key)
 			if err != nil || sig.ID != o.SigID {
 				rep.Requests.Lost++
@@ -404,6 +419,7 @@ func grade(ctx context.Context, rep *Report, w *control.World, st store.Store, o
 		}
 	}
 	fail(rep.Requests.Lost != 0, "%d requests lost", rep.Requests.Lost)
+	fail(rep.Requests.AsyncSent > 0 && rep.Requests.AsyncAccepted == 0, "none of %d asynchronous requests ended signed", rep.Requests.AsyncSent)
 	fail(rep.Requests.Duplicates != 0, "%d idempotency keys with more than one signature", rep.Requests.Duplicates)
 	fail(inc.ID == "", "no incident was opened")
 	fail(rep.TimeToContainMs < 0 || rep.TimeToContainMs > 2000, "time to contain %d ms (target ≤ 2000 ms after the first bad signature)", rep.TimeToContainMs)

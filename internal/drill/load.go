@@ -5,11 +5,13 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/countersign/countersign/client"
+	"github.com/countersign/countersign/internal/api"
 )
 
 // outcome is one client request's final answer.
@@ -20,11 +22,18 @@ type outcome struct {
 	Release  string
 	Detail   string
 	Finished time.Time
+	Async    bool // signed through POST /v1/sign:async
 }
 
-// load drives closed-loop sign requests through the gateway until stopped.
+// asyncShare is how many of every 8 load clients sign asynchronously, so
+// that queued, in-flight work exists when the incident hits.
+const asyncShare = 2
+
+// load drives closed-loop sign requests through the gateway until stopped:
+// most clients sign synchronously, asyncShare of every 8 through the queue.
 type load struct {
 	c       *client.Client
+	async   *asyncClient
 	key     string
 	workers int
 
@@ -41,7 +50,13 @@ func newLoad(gatewayURL, token, key string, workers int) (*load, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &load{c: c, key: key, workers: workers, stop: make(chan struct{})}, nil
+	ac := &asyncClient{base: gatewayURL, token: token, hc: &http.Client{Timeout: 30 * time.Second}}
+	return &load{c: c, async: ac, key: key, workers: workers, stop: make(chan struct{})}, nil
+}
+
+// isAsync says whether load client w signs asynchronously.
+func (l *load) isAsync(w int) bool {
+	return w%8 < asyncShare
 }
 
 func (l *load) start(ctx context.Context) {
@@ -62,6 +77,14 @@ func (l *load) start(ctx context.Context) {
 				rand.Read(doc)
 				key := fmt.Sprintf("drill-%d-%d-%x", w, i, doc[:6])
 				l.sent.Add(1)
+				if l.isAsync(w) {
+					o := l.async.sign(context.WithoutCancel(ctx), api.SignRequest{Key: l.key, Format: api.Format(formats[(w+i)%3]), Document: doc}, key)
+					o.Async = true
+					l.mu.Lock()
+					l.outs = append(l.outs, o)
+					l.mu.Unlock()
+					continue
+				}
 				// Each request runs to its final answer even when the
 				// drill is stopping: an abandoned request would be "lost".
 				resp, err := l.c.Sign(context.WithoutCancel(ctx), client.SignRequest{Key: l.key, Format: formats[(w+i)%3], Document: doc},
