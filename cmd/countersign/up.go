@@ -16,6 +16,7 @@ import (
 	"github.com/countersign/countersign/internal/flags"
 	"github.com/countersign/countersign/internal/install"
 	"github.com/countersign/countersign/internal/keys/soft"
+	"github.com/countersign/countersign/internal/notify"
 )
 
 func init() {
@@ -54,9 +55,24 @@ func runUp(ctx context.Context, env *cliEnv, args []string) error {
 	fs.Var(params, "param", "rollback playbook parameter KEY=VALUE (repeatable), e.g. --param retry_after=30s")
 	crashAt := fs.String("crash-at", "", "drill only, for crash-resume tests: SIGKILL this process when the playbook journals STEP/STATE[+DELAY], e.g. snapshot/succeeded")
 	logPath := fs.String("log", "", "control-plane log file (default DIR/control.log)")
+	notifyWebhook := fs.String("notify-webhook", "", "also deliver every incident notice to this webhook (Standard Webhooks, HMAC-SHA256)")
+	notifySecretFile := fs.String("notify-webhook-secret-file", "", "file holding the webhook HMAC secret (required with --notify-webhook)")
 	verbose := fs.Bool("v", false, "log to stderr instead of the log file")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var webhookSecret notify.Secret
+	if *notifyWebhook != "" {
+		if *notifySecretFile == "" {
+			return usageError("--notify-webhook needs --notify-webhook-secret-file")
+		}
+		b, err := os.ReadFile(*notifySecretFile)
+		if err != nil {
+			return err
+		}
+		if webhookSecret = notify.NewSecret([]byte(strings.TrimSpace(string(b))), "file:"+*notifySecretFile); webhookSecret.Empty() {
+			return fmt.Errorf("%s is empty", *notifySecretFile)
+		}
 	}
 	if fs.NArg() > 0 {
 		return usageError("up takes no arguments")
@@ -105,7 +121,8 @@ func runUp(ctx context.Context, env *cliEnv, args []string) error {
 	fmt.Fprintf(out, "starting the world in %s (stable pool on %s)...\n", dir, *base)
 	w, err := control.Start(ctx, control.Config{Dir: dir, Listen: *listen, AdminListen: *adminListen, ControlListen: *controlListen,
 		BaseRelease: *base, Replicas: *replicas, Drill: *drill, AutoRun: *auto, NoAutoContain: !*autoContain,
-		ProbeInterval: *probeEvery, Artifact: *artifact, Params: params, CrashAt: *crashAt, WriteEndpoints: true, Logger: logger})
+		ProbeInterval: *probeEvery, Artifact: *artifact, Params: params, CrashAt: *crashAt, WriteEndpoints: true, Logger: logger,
+		NotifyWebhook: *notifyWebhook, NotifyWebhookSecret: webhookSecret})
 	if err != nil {
 		return err
 	}

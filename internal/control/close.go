@@ -180,6 +180,9 @@ func (w *World) runClose(ctx context.Context, c playbook.Call) (playbook.Outputs
 			return nil, err
 		}
 	}
+	if w.sched != nil {
+		w.sched.Forget(inc.ID) // closed: no further updates are owed
+	}
 	return playbook.Outputs{"bundle": br.Bundle, "bundle_sha256": br.SHA256, "statement_sha256": br.StatementSHA256,
 		"anchor_index": br.AnchorIndex, "lead_key_id": br.LeadKeyID, "verified": true, "verified_files": v.Files,
 		"postmortem": pmPath, "notices": noticeOutputs(recs)}, nil

@@ -146,6 +146,7 @@ func (w *World) sendNotice(ctx context.Context, incDir string, in notify.Input, 
 	if err := writeJSONAtomic(path, rec); err != nil {
 		return rec, errors.Join(sendErr, err)
 	}
+	w.trackNotice(rec)
 	return rec, sendErr
 }
 

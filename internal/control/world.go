@@ -83,6 +83,9 @@ type Config struct {
 	// WriteEndpoints writes <Dir>/control.json (the URLs, for the CLI)
 	// once everything listens, before /readyz answers 200; Close removes it.
 	WriteEndpoints bool
+	// NoticeCheckInterval is how often due notice updates are looked for
+	// (default notify.DefaultCheckInterval).
+	NoticeCheckInterval time.Duration
 	// Params are extra rollback playbook parameters (e.g. canary_hold).
 	Params map[string]string
 	// NotifyWebhook, when set, receives every incident notice as well as
@@ -124,6 +127,7 @@ type World struct {
 	engine    *playbook.Engine
 	actions   *playbook.Registry
 	incidents *incidents
+	sched     *notify.Scheduler
 	crash     *crashPoint
 
 	runCtx context.Context
@@ -201,6 +205,9 @@ func Start(ctx context.Context, cfg Config) (w *World, err error) {
 	}
 	w.rec = &recorder{st: w.inst.Store, release: "control", instance: instance, now: cfg.Now}
 	w.incidents = newIncidents(w.inst.Store, w.rec, cfg.Now)
+	if err := w.startScheduler(); err != nil {
+		return nil, err
+	}
 	if err := w.startIntegrator(ctx); err != nil {
 		return nil, err
 	}
