@@ -2,7 +2,6 @@ package evidence
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -271,13 +270,6 @@ func writeTar(w io.Writer, files []File) error {
 		return fmt.Errorf("evidence: tar: %w", err)
 	}
 	return nil
-}
-
-// canonical is the exact archive Build writes for files.
-func canonical(files []File) []byte {
-	var b bytes.Buffer
-	_ = writeTar(&b, files) // a bytes.Buffer does not fail
-	return b.Bytes()
 }
 
 // AnchorEvent is the audit event that anchors a bundle's statement in the

@@ -1,7 +1,6 @@
 package evidence
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto"
@@ -42,9 +41,6 @@ func (e *FileError) Error() string {
 
 func (e *FileError) Unwrap() error { return ErrVerify }
 
-// maxBundle bounds what Verify reads.
-const maxBundle = 4 << 30
-
 // Check is one thing Verify verified.
 type Check struct {
 	File string `json:"file"`
@@ -65,15 +61,20 @@ type Verified struct {
 // files with their SHA-256, in canonical order, that the archive is
 // byte-for-byte the canonical encoding, and then each file's own meaning
 // (checkpoints, consistency proof, tlog-proofs, artifacts, report).
+//
+// It reads r once, hashing each file as it streams past: snapshot parts,
+// the bulk of a bundle, are never held in memory (the other files, at most
+// maxHeld bytes, are kept for the checks that read them).
 func Verify(ctx context.Context, r io.Reader, lead crypto.PublicKey) (*Verified, error) {
-	raw, err := io.ReadAll(io.LimitReader(r, maxBundle+1))
-	if err != nil {
+	br := newBundleReader(r)
+	if err := br.read(); err != nil {
+		var fe *FileError
+		if errors.As(err, &fe) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("evidence: read bundle: %w", err)
 	}
-	files, err := readTar(raw)
-	if err != nil {
-		return nil, err
-	}
+	files := br.entries
 	v := &Verified{Files: len(files)}
 	last := files[len(files)-1]
 	if last.Name != StatementFile {
@@ -88,62 +89,27 @@ func Verify(ctx context.Context, r io.Reader, lead crypto.PublicKey) (*Verified,
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(last.Data)
-	v.StatementSHA256 = hex.EncodeToString(sum[:])
+	v.StatementSHA256 = hex.EncodeToString(last.Sum[:])
 	body := files[:len(files)-1]
 	if err := checkSubjects(stmt, body); err != nil {
 		return nil, err
 	}
 	v.add(StatementFile, fmt.Sprintf("in-toto statement covers %d files by SHA-256", len(body)))
-	if err := checkCanonical(raw, files); err != nil {
-		return nil, err
+	if br.canon != nil {
+		return nil, br.canon
 	}
 	v.add("", "archive is the canonical encoding (no byte outside the files changed)")
-	if err := checkContents(body, stmt, v); err != nil {
+	held := make([]File, len(body))
+	for i, e := range body {
+		held[i] = e.File
+	}
+	if err := checkContents(held, stmt, v); err != nil {
 		return nil, err
 	}
 	return v, nil
 }
 
 func (v *Verified) add(file, what string) { v.Checks = append(v.Checks, Check{File: file, What: what}) }
-
-func readTar(raw []byte) ([]File, error) {
-	if len(raw) > maxBundle {
-		return nil, &FileError{Reason: fmt.Sprintf("bundle larger than %d bytes", maxBundle)}
-	}
-	tr := tar.NewReader(bytes.NewReader(raw))
-	var files []File
-	seen := map[string]bool{}
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			where := "the first entry"
-			if len(files) > 0 {
-				where = "the entry after " + files[len(files)-1].Name
-			}
-			return nil, &FileError{Reason: "archive is corrupt at " + where + ": " + err.Error()}
-		}
-		if h.Typeflag != tar.TypeReg {
-			return nil, &FileError{File: h.Name, Reason: fmt.Sprintf("is not a regular file (type %q)", h.Typeflag)}
-		}
-		if seen[h.Name] {
-			return nil, &FileError{File: h.Name, Reason: "appears twice in the archive"}
-		}
-		seen[h.Name] = true
-		data, err := io.ReadAll(tr)
-		if err != nil {
-			return nil, &FileError{File: h.Name, Reason: "cannot be read: " + err.Error()}
-		}
-		files = append(files, File{Name: h.Name, Data: data})
-	}
-	if len(files) == 0 {
-		return nil, &FileError{Reason: "the archive is empty"}
-	}
-	return files, nil
-}
 
 func openStatement(ctx context.Context, data []byte, lead crypto.PublicKey, v *Verified) (*intoto.Statement, error) {
 	bad := func(format string, a ...any) error {
@@ -194,7 +160,7 @@ func openStatement(ctx context.Context, data []byte, lead crypto.PublicKey, v *V
 	return &st, nil
 }
 
-func checkSubjects(st *intoto.Statement, files []File) error {
+func checkSubjects(st *intoto.Statement, files []entry) error {
 	subjects := st.GetSubject()
 	want := map[string]string{}
 	for _, s := range subjects {
@@ -207,8 +173,7 @@ func checkSubjects(st *intoto.Statement, files []File) error {
 		if !ok {
 			return &FileError{File: f.Name, Reason: "is not covered by the signed statement (added)"}
 		}
-		sum := sha256.Sum256(f.Data)
-		if got := hex.EncodeToString(sum[:]); got != d {
+		if got := hex.EncodeToString(f.Sum[:]); got != d {
 			return &FileError{File: f.Name, Reason: fmt.Sprintf("SHA-256 is %s, the signed statement says %s (changed)", got, d)}
 		}
 	}
@@ -223,32 +188,6 @@ func checkSubjects(st *intoto.Statement, files []File) error {
 		}
 	}
 	return nil
-}
-
-// checkCanonical compares the archive with the canonical encoding of its
-// files and names the file whose entry holds the first differing byte.
-func checkCanonical(raw []byte, files []File) error {
-	want := canonical(files)
-	if bytes.Equal(raw, want) {
-		return nil
-	}
-	n := min(len(raw), len(want))
-	at := n
-	for i := range n {
-		if raw[i] != want[i] {
-			at = i
-			break
-		}
-	}
-	var off int64
-	for _, f := range files {
-		entry := int64(len(canonical([]File{f}))) - 1024 // without the two end blocks
-		if int64(at) < off+entry {
-			return &FileError{File: f.Name, Reason: fmt.Sprintf("tar header or padding differs from the canonical encoding at byte %d", at)}
-		}
-		off += entry
-	}
-	return &FileError{Reason: fmt.Sprintf("bytes after the last file differ from the canonical end of archive at byte %d (trailing or changed data)", at)}
 }
 
 func fileMap(files []File) map[string][]byte {

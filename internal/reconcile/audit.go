@@ -341,12 +341,12 @@ func (r *AuditReport) keyUse(ctx context.Context, ks KeySource, w Window, sigs m
 			inWindow = append(inWindow, s)
 		}
 	}
-	mats, err := loadMaterial(ctx, ks, inWindow)
-	if err != nil {
-		return err
-	}
+	mats := newMaterials(ks)
 	for _, s := range inWindow {
-		m := mats[keyRef{s.TenantID, s.KeyName, s.KeyVersion}]
+		m, err := mats.of(ctx, &s)
+		if err != nil {
+			return err
+		}
 		subject := keys.Subject(s.TenantID, s.KeyName, s.KeyVersion)
 		var detail string
 		switch {

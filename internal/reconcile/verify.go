@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/countersign/countersign/internal/api"
@@ -97,37 +96,46 @@ type material struct {
 	err   error // why it cannot be used
 }
 
-// loadMaterial reads and parses the key versions sigs name, once each.
-func loadMaterial(ctx context.Context, ks KeySource, sigs []store.Signature) (map[keyRef]*material, error) {
-	out := map[keyRef]*material{}
-	byName := map[[2]string][]store.KeyVersion{}
-	for i := range sigs {
-		s := &sigs[i]
-		ref := keyRef{s.TenantID, s.KeyName, s.KeyVersion}
-		if _, ok := out[ref]; ok {
-			continue
-		}
-		nk := [2]string{s.TenantID, s.KeyName}
-		vs, ok := byName[nk]
-		if !ok {
-			var err error
-			vs, err = ks.KeyVersions(ctx, s.TenantID, s.KeyName)
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
-				return nil, fmt.Errorf("reconcile: key versions of %s/%s: %w", s.TenantID, s.KeyName, err)
-			}
-			byName[nk] = vs
-		}
-		m := &material{err: fmt.Errorf("key version %s is not in the store", keys.Subject(s.TenantID, s.KeyName, s.KeyVersion))}
-		for _, kv := range vs {
-			if kv.Version == s.KeyVersion {
-				pub, chain, err := keys.VerifyMaterial(kv)
-				m = &material{kv: kv, pub: pub, chain: chain, err: err}
-				break
-			}
-		}
-		out[ref] = m
+// materials reads and parses key versions on first use, once per version
+// (and one store read per key name), never per signature. Not safe for
+// concurrent use: one goroutine resolves, workers only read the result.
+type materials struct {
+	ks     KeySource
+	byRef  map[keyRef]*material
+	byName map[[2]string][]store.KeyVersion
+}
+
+func newMaterials(ks KeySource) *materials {
+	return &materials{ks: ks, byRef: map[keyRef]*material{}, byName: map[[2]string][]store.KeyVersion{}}
+}
+
+// of returns the material of s's key version; a version that is not in the
+// store, or cannot be parsed, gets a material whose err says why.
+func (ms *materials) of(ctx context.Context, s *store.Signature) (*material, error) {
+	ref := keyRef{s.TenantID, s.KeyName, s.KeyVersion}
+	if m, ok := ms.byRef[ref]; ok {
+		return m, nil
 	}
-	return out, nil
+	nk := [2]string{s.TenantID, s.KeyName}
+	vs, ok := ms.byName[nk]
+	if !ok {
+		var err error
+		vs, err = ms.ks.KeyVersions(ctx, s.TenantID, s.KeyName)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("reconcile: key versions of %s/%s: %w", s.TenantID, s.KeyName, err)
+		}
+		ms.byName[nk] = vs
+	}
+	m := &material{err: fmt.Errorf("key version %s is not in the store", keys.Subject(s.TenantID, s.KeyName, s.KeyVersion))}
+	for _, kv := range vs {
+		if kv.Version == s.KeyVersion {
+			pub, chain, err := keys.VerifyMaterial(kv)
+			m = &material{kv: kv, pub: pub, chain: chain, err: err}
+			break
+		}
+	}
+	ms.byRef[ref] = m
+	return m, nil
 }
 
 // VerifyConfig tunes VerifySignatures.
@@ -139,36 +147,94 @@ type VerifyConfig struct {
 // VerifySignatures classifies every signature in sigs, in parallel, and
 // returns the verdicts in the same order.
 func VerifySignatures(ctx context.Context, ks KeySource, sigs []store.Signature, cfg VerifyConfig) ([]Verdict, error) {
-	mats, err := loadMaterial(ctx, ks, sigs)
-	if err != nil {
+	out := make([]Verdict, len(sigs))
+	p := startPipeline(ctx, ks, cfg)
+	for start := 0; start < len(sigs); start += pageSize {
+		end := min(start+pageSize, len(sigs))
+		if err := p.add(sigs[start:end], out[start:end]); err != nil {
+			p.wait()
+			return nil, err
+		}
+	}
+	if err := p.wait(); err != nil {
 		return nil, err
 	}
+	return out, nil
+}
+
+// batchSize is how many signatures a worker takes at a time: small enough
+// to balance the workers, large enough that handing out work is free.
+const batchSize = 64
+
+// batch is a run of signatures, the key material of each, and where their
+// verdicts go.
+type batch struct {
+	sigs []store.Signature
+	mats []*material
+	out  []Verdict
+}
+
+// pipeline classifies signatures on worker goroutines while its caller is
+// still reading more of them from the store, so selection and verification
+// overlap instead of running one after the other.
+type pipeline struct {
+	ctx  context.Context
+	mats *materials
+	work chan batch
+	wg   sync.WaitGroup
+}
+
+func startPipeline(ctx context.Context, ks KeySource, cfg VerifyConfig) *pipeline {
 	workers := workersOf(cfg)
-	out := make([]Verdict, len(sigs))
-	const chunk = 64
-	var next atomic.Int64
-	var wg sync.WaitGroup
+	p := &pipeline{ctx: ctx, mats: newMaterials(ks), work: make(chan batch, 4*workers)}
 	for range workers {
-		wg.Add(1)
+		p.wg.Add(1)
 		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				start := int(next.Add(chunk)) - chunk
-				if start >= len(sigs) {
-					return
+			defer p.wg.Done()
+			for b := range p.work {
+				if ctx.Err() != nil {
+					continue // drain
 				}
-				for i := start; i < min(start+chunk, len(sigs)); i++ {
-					s := &sigs[i]
-					out[i] = classifyOne(s, mats[keyRef{s.TenantID, s.KeyName, s.KeyVersion}])
+				for i := range b.sigs {
+					b.out[i] = classifyOne(&b.sigs[i], b.mats[i])
 				}
 			}
 		}()
 	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("reconcile: window verification: %w", err)
+	return p
+}
+
+// add resolves the key material of sigs and queues them for the workers,
+// which write their verdicts to out (len(out) == len(sigs)). It blocks
+// while the workers are busy.
+func (p *pipeline) add(sigs []store.Signature, out []Verdict) error {
+	mats := make([]*material, len(sigs))
+	for i := range sigs {
+		m, err := p.mats.of(p.ctx, &sigs[i])
+		if err != nil {
+			return err
+		}
+		mats[i] = m
 	}
-	return out, nil
+	for start := 0; start < len(sigs); start += batchSize {
+		end := min(start+batchSize, len(sigs))
+		select {
+		case p.work <- batch{sigs: sigs[start:end], mats: mats[start:end], out: out[start:end]}:
+		case <-p.ctx.Done():
+			return fmt.Errorf("reconcile: window verification: %w", p.ctx.Err())
+		}
+	}
+	return nil
+}
+
+// wait ends the pipeline, waits for the workers, and reports cancellation.
+func (p *pipeline) wait() error {
+	close(p.work)
+	p.wg.Wait()
+	if err := p.ctx.Err(); err != nil {
+		return fmt.Errorf("reconcile: window verification: %w", err)
+	}
+	return nil
 }
 
 // ClassifyWith classifies one signature against key version kv, offline

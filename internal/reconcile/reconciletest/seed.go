@@ -11,10 +11,12 @@ import (
 	"crypto/sha512"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -323,6 +325,8 @@ func Exec(t testing.TB, db *sql.DB, q string, args ...any) {
 
 // Raw returns n valid raw ECDSA P-256 signatures of the regressive release
 // by the tenant's "p256" key, in memory (not committed), for benchmarks.
+// They are signed on GOMAXPROCS goroutines; SignedAt steps by a millisecond
+// from 20 minutes into the window, so up to 2.4 million stay inside it.
 func (w *World) Raw(t testing.TB, n int) []store.Signature {
 	t.Helper()
 	ctx := context.Background()
@@ -335,16 +339,66 @@ func (w *World) Raw(t testing.TB, n int) []store.Signature {
 		t.Fatal(err)
 	}
 	k := sign.Key{Signer: s, Algorithm: keys.ECDSAP256}
+	base := w.Window.From.Add(20 * time.Minute)
+	now := w.Now()
 	out := make([]store.Signature, n)
-	for i := range out {
-		d := sha256.Sum256(fmt.Appendf(nil, "bench %d", i))
-		res, err := sign.Sign(api.FormatRaw, k, sign.Input{Digest: d[:]}, w.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[i] = store.Signature{ID: fmt.Sprintf("sig_b%07d", i), TenantID: Tenant, KeyName: "p256", KeyVersion: kvs[0].Version,
-			Format: string(api.FormatRaw), Algorithm: string(keys.ECDSAP256), DigestAlgorithm: "sha256", DocumentDigest: d[:],
-			Signature: res.Artifact, Release: Regressive, AuditIndex: int64(i)}
+	workers := runtime.GOMAXPROCS(0)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for g := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += workers {
+				d := sha256.Sum256(fmt.Appendf(nil, "bench %d", i))
+				res, err := sign.Sign(api.FormatRaw, k, sign.Input{Digest: d[:]}, now)
+				if err != nil {
+					errs[g] = err
+					return
+				}
+				out[i] = store.Signature{ID: fmt.Sprintf("sig_b%07d", i), TenantID: Tenant, IdempotencyKey: fmt.Sprintf("bench-%d", i),
+					RequestHash: d[:], KeyName: "p256", KeyVersion: kvs[0].Version, Format: string(api.FormatRaw),
+					Algorithm: string(keys.ECDSAP256), AlgorithmOID: res.AlgorithmOID, DigestAlgorithm: "sha256", DigestOID: res.DigestOID,
+					DocumentDigest: d[:], DocumentID: fmt.Sprintf("bench-doc-%d", i), Signature: res.Artifact, Release: Regressive,
+					Instance: Regressive + "-1", AuditIndex: int64(i), SignedAt: base.Add(time.Duration(i) * time.Millisecond)}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("sign: %v", err)
 	}
 	return out
+}
+
+// CommitRaw signs n raw signatures as Raw does and commits them, each with
+// its signature.created event, in batches: a window of n regressive
+// signatures for benchmarks of VerifyWindow from the store. It returns
+// them with the audit indexes the store assigned.
+func (w *World) CommitRaw(t testing.TB, n int) []store.Signature {
+	t.Helper()
+	sigs := w.Raw(t, n)
+	const batch = 1000
+	ws := make([]store.SignatureWrite, 0, batch)
+	for start := 0; start < n; start += batch {
+		ws = ws[:0]
+		for i := start; i < min(start+batch, n); i++ {
+			ev, err := SignatureEvent(&sigs[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			ws = append(ws, store.SignatureWrite{Signature: sigs[i], Event: ev})
+		}
+		res, err := w.Inst.Store.CommitSignatures(context.Background(), ws)
+		if err != nil {
+			t.Fatalf("commit: %v", err)
+		}
+		for j, r := range res {
+			if r.Existing != nil {
+				t.Fatalf("commit: %s already exists", sigs[start+j].ID)
+			}
+			sigs[start+j].AuditIndex = r.AuditIndex
+		}
+	}
+	return sigs
 }
