@@ -96,7 +96,21 @@ func printReport(env *cliEnv, r *drill.Report) {
 		}
 		fmt.Fprintln(w, line)
 	}
+	fmt.Fprintf(w, "async           %d sent, %d signed\n", r.Requests.AsyncSent, r.Requests.AsyncAccepted)
 	fmt.Fprintf(w, "snapshot        %s\n", r.SnapshotManifest)
+	if rc := r.Reconciliation; rc != nil {
+		fmt.Fprintf(w, "reconciliation  valid %d, invalid %d, metadata-drift %d, unverifiable %d, replayed %d, manual review %d\n",
+			rc.Valid, rc.Invalid, rc.MetadataDrift, rc.Unverifiable, rc.Replayed, rc.ManualReview)
+	}
+	delivered := 0
+	for _, n := range r.Notices {
+		if n.Delivered {
+			delivered++
+		}
+	}
+	fmt.Fprintf(w, "notices         %d of %d deliveries made (phases A-D, file and webhook channels)\n", delivered, len(r.Notices))
+	fmt.Fprintf(w, "evidence        %s (verified offline: %v)\n", r.EvidenceBundle, r.EvidenceVerified)
+	fmt.Fprintf(w, "postmortem      %s\n", r.Postmortem)
 	fmt.Fprintf(w, "audit log       consistent across the incident: %v %s\n", r.Audit.Consistent, r.Audit.Detail)
 	if !r.Complete {
 		fmt.Fprintf(w, "NOT AVAILABLE IN THIS BUILD (not counted as passed): %v\n", r.Unavailable)
