@@ -285,10 +285,15 @@ var funcs = template.FuncMap{
 		}
 		return b.Sub(a).Round(time.Second).String()
 	},
-	// dur formats a duration rounded to the second; negative is "n/a".
+	// dur formats a duration: to the millisecond under 10 s (containment is
+	// measured in hundreds of milliseconds), to the second above; negative
+	// is "n/a".
 	"dur": func(d time.Duration) string {
-		if d < 0 {
+		switch {
+		case d < 0:
 			return "n/a"
+		case d < 10*time.Second:
+			return d.Round(time.Millisecond).String()
 		}
 		return d.Round(time.Second).String()
 	},

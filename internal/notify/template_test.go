@@ -104,7 +104,7 @@ func TestGoldenPostmortem(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"Time to detect | 4s", "Time to contain | 5s", "Time to restore | 7m37s",
+		"Time to detect | 4.4s", "Time to contain | 5.1s", "Time to restore | 7m37s",
 		"Refused (503 + Retry-After): 233", "Replayed: 37",
 		"Verification missing in CI for algorithm PS256",
 		`Playbook step "replay" failed`, "## Contributing factors",
