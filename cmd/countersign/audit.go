@@ -204,7 +204,7 @@ func runAuditVerifyProof(ctx context.Context, env *cliEnv, args []string) error 
 func runAuditVerify(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "audit verify", "(--url URL | --dir DIR) --vkey KEY [--since CHECKPOINT_FILE]")
 	u := fs.String("url", "", "node URL or log prefix (http://host:port or .../v1/audit/)")
-	dir := fs.String("dir", "", "directory written by `countersign audit export`")
+	dir := fs.String("dir", "", "directory written by 'countersign audit export'")
 	vkey := fs.String("vkey", "", "log verifier key, or a file holding it")
 	since := fs.String("since", "", "older signed checkpoint file to prove consistency from")
 	quiet := fs.Bool("q", false, "no progress output")

@@ -58,7 +58,7 @@ func runKeys(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	kc := &keysCmd{env: env, sub: sub}
 	fs := newFlagSet(env, "keys "+sub, "--data DIR [flags]")
-	fs.StringVar(&kc.data, "data", "./data", "data directory made by `countersign init`")
+	fs.StringVar(&kc.data, "data", "./data", "data directory made by 'countersign init'")
 	fs.StringVar(&kc.passFile, "passphrase-file", "", "file holding the soft-key passphrase (default: $COUNTERSIGN_KEY_PASSPHRASE, or the dev passphrase file)")
 	fs.StringVar(&kc.compromise, "compromise", "", "declare a key compromise under this incident id: allows the change while keys are frozen")
 	switch sub {

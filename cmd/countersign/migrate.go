@@ -14,7 +14,7 @@ func init() {
 
 func runMigrate(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "migrate", "--data DIR [--store URL]")
-	data := fs.String("data", "./data", "data directory made by `countersign init`")
+	data := fs.String("data", "./data", "data directory made by 'countersign init'")
 	storeURL := fs.String("store", "", "override the data directory's store URL")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -23,7 +23,7 @@ func init() {
 
 func runNode(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "node", "--data DIR --listen ADDR [flags]")
-	data := fs.String("data", "./data", "data directory made by `countersign init`")
+	data := fs.String("data", "./data", "data directory made by 'countersign init'")
 	listen := fs.String("listen", "127.0.0.1:7300", "address to serve the API on")
 	release := fs.String("release", envOr(env, "COUNTERSIGN_RELEASE", "dev"), "release id stamped on every signature (env COUNTERSIGN_RELEASE)")
 	instance := fs.String("instance", env.getenv("COUNTERSIGN_INSTANCE"), "instance id stamped on every signature (default host-pid; env COUNTERSIGN_INSTANCE)")
@@ -31,7 +31,7 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 	migrate := fs.Bool("migrate", false, "apply pending store migrations before serving")
 	schemaMin := fs.Int("schema-min", 0, "lowest store schema version this release runs against (default: the binary's)")
 	schemaMax := fs.Int("schema-max", 0, "highest store schema version this release runs against (default: the binary's)")
-	integrate := fs.Bool("integrate", true, "integrate the audit log and sign checkpoints (turn off when another process does, e.g. under `countersign up`)")
+	integrate := fs.Bool("integrate", true, "integrate the audit log and sign checkpoints (turn off when another process does, e.g. under 'countersign up')")
 	maxDoc := fs.Int64("max-document-bytes", node.DefaultMaxDocumentBytes, "largest document accepted")
 	drill := fs.Bool("drill", false, "drill mode: allows --fault; never use in production")
 	fault := fs.String("fault", "", "drill fault scenario to inject (needs --drill): invalid-signatures | metadata-drift | hsm-timeouts | partial-persist | irreversible-migration")

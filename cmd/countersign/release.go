@@ -60,7 +60,7 @@ func runRelease(ctx context.Context, env *cliEnv, args []string) error {
 	id := fs.String("release", "", "release id to ship (required)")
 	pool := fs.String("pool", control.PoolCanary, "pool to ship into: canary (weight --canary, the stable pool keeps the rest) or stable")
 	canary := fs.Int("canary", 10, "traffic share of the canary pool after the deploy, percent")
-	fault := fs.String("fault", "", "drill fault scenario the release injects (worlds started with `up --drill` only): invalid-signatures | metadata-drift | hsm-timeouts | partial-persist")
+	fault := fs.String("fault", "", "drill fault scenario the release injects (worlds started with 'up --drill' only): invalid-signatures | metadata-drift | hsm-timeouts | partial-persist | irreversible-migration")
 	faultRate := fs.Float64("fault-rate", 1, "share of the release's requests the fault hits")
 	schemaMin := fs.Int("schema-min", 0, "override the lowest store schema the release declares it runs against")
 	schemaMax := fs.Int("schema-max", 0, "override the highest store schema the release declares it runs against")

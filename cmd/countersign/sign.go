@@ -113,7 +113,7 @@ func runVerify(ctx context.Context, env *cliEnv, args []string) error {
 	algName := fs.String("alg", "", "offline: expected algorithm (default: from the key; rsa keys default to rsa-*-pkcs1, use rsa-2048-pss etc. for PSS)")
 	format := fs.String("format", "cms", "cms | jws | raw")
 	in := fs.String("in", "", "the signed document")
-	sigFile := fs.String("sig", "", "the signature file as `sign --out` wrote it")
+	sigFile := fs.String("sig", "", "the signature file as 'sign --out' wrote it")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
