@@ -155,12 +155,18 @@ func (w *World) planMaintenance(ctx context.Context, c playbook.Call) (playbook.
 	return pl, nil
 }
 
+// retryAfterSeconds turns a playbook duration ("120s") into the gate's
+// Retry-After seconds; anything unparsable or under a second is 30.
+func retryAfterSeconds(v string) int {
+	if d, err := time.ParseDuration(v); err == nil && d >= time.Second {
+		return int(d / time.Second)
+	}
+	return 30
+}
+
 func (w *World) runMaintenance(ctx context.Context, c playbook.Call) (playbook.Outputs, error) {
 	ctx = actorCtx(ctx, c)
-	retry := 30
-	if d, err := time.ParseDuration(str(c, "retry_after")); err == nil && d >= time.Second {
-		retry = int(d / time.Second)
-	}
+	retry := retryAfterSeconds(str(c, "retry_after"))
 	on := str(c, "enabled") != "false"
 	out := playbook.Outputs{}
 	// Zero the regressive pool's weight first: with the gate on writes stop

@@ -552,11 +552,7 @@ func (w *World) contain(ctx context.Context, a probe.Alert) time.Time {
 			w.log.Error("containment: zero weight", "pool", a.Pool, "err", err)
 		}
 	}
-	retry := 30
-	if d, err := time.ParseDuration(w.cfg.Params["retry_after"]); err == nil && d >= time.Second {
-		retry = int(d / time.Second)
-	}
-	if _, err := w.gw.SetGate(ctx, gateway.Gate{On: true, RetryAfter: retry, Reason: "alert on pool " + a.Pool + ": " + a.Reason}); err != nil {
+	if _, err := w.gw.SetGate(ctx, gateway.Gate{On: true, RetryAfter: retryAfterSeconds(w.cfg.Params["retry_after"]), Reason: "alert on pool " + a.Pool + ": " + a.Reason}); err != nil {
 		w.log.Error("containment: gate", "err", err)
 	}
 	now := w.now()

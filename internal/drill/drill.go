@@ -365,12 +365,13 @@ func grade(ctx context.Context, rep *Report, w *control.World, st store.Store, o
 			rep.Failures = append(rep.Failures, "request "+o.Key+" got no final answer: "+o.Detail)
 		}
 	}
-	rep.Requests.Duplicates = duplicates(ctx, st)
+	dups, firstV2 := scanSignatures(ctx, st, "v2")
+	rep.Requests.Duplicates = dups
 
 	// Times, from the first bad answer v2 gave.
 	firstBad := inc.FirstBadAt
-	if t := firstSignatureOf(ctx, st, "v2"); !t.IsZero() && (firstBad.IsZero() || t.Before(firstBad)) {
-		firstBad = t
+	if !firstV2.IsZero() && (firstBad.IsZero() || firstV2.Before(firstBad)) {
+		firstBad = firstV2
 	}
 	if firstBad.IsZero() {
 		firstBad = deployed
@@ -440,11 +441,15 @@ func grade(ctx context.Context, rep *Report, w *control.World, st store.Store, o
 	sort.Strings(rep.Unavailable)
 }
 
-// duplicates counts idempotency keys with more than one signature.
-func duplicates(ctx context.Context, st store.Store) int {
+// scanSignatures reads every persisted signature once and returns how many
+// idempotency keys have more than one signature (-1 if the store cannot be
+// read) and the signing time of release's first signature, probes
+// included: the first bad signature is the first one the regressive
+// release made, whoever asked for it.
+func scanSignatures(ctx context.Context, st store.Store, release string) (dups int, first time.Time) {
 	size, err := st.AuditSize(ctx)
 	if err != nil {
-		return -1
+		return -1, time.Time{}
 	}
 	seen := map[string]int{}
 	for from := int64(0); from < size; {
@@ -454,37 +459,16 @@ func duplicates(ctx context.Context, st store.Store) int {
 		}
 		for _, s := range sigs {
 			seen[s.TenantID+"\x00"+s.IdempotencyKey]++
-		}
-		from = sigs[len(sigs)-1].AuditIndex + 1
-	}
-	n := 0
-	for _, c := range seen {
-		if c > 1 {
-			n++
-		}
-	}
-	return n
-}
-
-// firstSignatureOf is the signing time of release's first persisted
-// signature, probes included: the first bad signature is the first one the
-// regressive release made, whoever asked for it.
-func firstSignatureOf(ctx context.Context, st store.Store, release string) time.Time {
-	size, err := st.AuditSize(ctx)
-	if err != nil {
-		return time.Time{}
-	}
-	for from := int64(0); from < size; {
-		sigs, err := st.Signatures(ctx, from, size, 5000)
-		if err != nil || len(sigs) == 0 {
-			break
-		}
-		for _, s := range sigs {
-			if s.Release == release {
-				return s.SignedAt
+			if first.IsZero() && s.Release == release {
+				first = s.SignedAt
 			}
 		}
 		from = sigs[len(sigs)-1].AuditIndex + 1
 	}
-	return time.Time{}
+	for _, c := range seen {
+		if c > 1 {
+			dups++
+		}
+	}
+	return dups, first
 }
