@@ -189,7 +189,11 @@ func writePlan(w io.Writer, rep playbook.PlanReport) {
 		}
 		fmt.Fprintln(w)
 		for _, ch := range s.Plan.Changes {
-			line := "      change " + ch.Target + ": "
+			line := "      change " + ch.Target
+			if ch.Field != "" {
+				line += " " + ch.Field
+			}
+			line += ": "
 			if ch.From != "" {
 				line += ch.From + " → "
 			}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -137,16 +136,31 @@ func (w *World) poolsRunning(ctx context.Context, id string) ([]string, error) {
 }
 
 func (w *World) planMaintenance(ctx context.Context, c playbook.Call) (playbook.Plan, error) {
-	g := w.gw.State().Gate
-	pl := playbook.Plan{Changes: []playbook.Change{{Target: "gateway:gate", From: fmt.Sprint(g.On), To: str(c, "enabled"),
-		Detail: "writes answered 503 + Retry-After " + str(c, "retry_after")}}}
-	if rel := str(c, "isolate_release"); rel != "" {
+	pl := playbook.Plan{}
+	on := str(c, "enabled") != "false"
+	if rel := str(c, "isolate_release"); rel != "" && on {
 		pools, _ := w.poolsRunning(ctx, rel)
 		for _, p := range pools {
 			if p != PoolStable {
-				pl.Changes = append(pl.Changes, playbook.Change{Target: "gateway:weight/" + p, To: "0", Detail: "pool runs " + rel})
+				chs, err := w.planWeights(ctx, map[string]int{PoolStable: 100, p: 0}, "pool "+p+" runs "+rel)
+				if err != nil {
+					return pl, err
+				}
+				pl.Changes = append(pl.Changes, chs...)
 			}
 		}
+	}
+	gate := gateway.Gate{On: on, RetryAfter: retryAfterSeconds(str(c, "retry_after"))}
+	chs, err := w.router.PlanGate(ctx, gate)
+	if err != nil {
+		return pl, fmt.Errorf("plan gate on %s: %w", w.router, err)
+	}
+	for _, ch := range planChanges(chs) {
+		ch.Detail = "writes answered 503 + Retry-After " + str(c, "retry_after")
+		pl.Changes = append(pl.Changes, ch)
+	}
+	if len(chs) == 0 {
+		pl.Notes = append(pl.Notes, fmt.Sprintf("the gate of %s is already %v", w.router, on))
 	}
 	if str(c, "pause_async_intake") == "true" {
 		pl.Changes = append(pl.Changes, playbook.Change{Target: "gateway:POST /v1/sign:async", To: "503 + Retry-After", Detail: "async intake refused by the gate"})
@@ -180,13 +194,13 @@ func (w *World) runMaintenance(ctx context.Context, c playbook.Call) (playbook.O
 			if p == PoolStable {
 				continue // the only pool left: the gate is the containment
 			}
-			if err := w.gw.SetWeights(ctx, map[string]int{PoolStable: 100, p: 0}); err != nil {
+			if err := w.router.SetWeights(ctx, map[string]int{PoolStable: 100, p: 0}); err != nil {
 				return nil, fmt.Errorf("zero weight of %s: %w", p, err)
 			}
 			out["isolated_pool"] = p
 		}
 	}
-	g, err := w.gw.SetGate(ctx, gateway.Gate{On: on, RetryAfter: retry, Reason: "incident " + c.Params["incident"] + " (playbook " + c.RunID + ")"})
+	g, err := w.router.SetGate(ctx, gateway.Gate{On: on, RetryAfter: retry, Reason: "incident " + c.Params["incident"] + " (playbook " + c.RunID + ")"})
 	if err != nil {
 		return nil, err
 	}
@@ -315,8 +329,24 @@ func (w *World) planIsolate(ctx context.Context, c playbook.Call) (playbook.Plan
 	}
 	pl := playbook.Plan{}
 	for _, p := range pools {
-		pl.Changes = append(pl.Changes, playbook.Change{Target: "gateway:weight/" + p, To: "0"},
-			playbook.Change{Target: "fleet:pool/" + p, To: "drained, 0 replicas"})
+		if p == PoolStable {
+			pl.Notes = append(pl.Notes, "the regressive release runs in the stable pool: it stays up behind the gate until the rollback replaces it")
+			continue
+		}
+		chs, err := w.planWeights(ctx, map[string]int{PoolStable: 100, p: 0}, "")
+		if err != nil {
+			return pl, err
+		}
+		pl.Changes = append(pl.Changes, chs...)
+		if pf, ok := w.fleet.(fleet.Planner); ok {
+			fchs, err := pf.PlanDrain(ctx, p)
+			if err != nil {
+				return pl, fmt.Errorf("plan drain of %s: %w", p, err)
+			}
+			pl.Changes = append(pl.Changes, planChanges(fchs)...)
+		} else {
+			pl.Changes = append(pl.Changes, playbook.Change{Target: "fleet:pool/" + p, To: "drained, 0 replicas"})
+		}
 	}
 	if str(c, "flags_off") != "false" {
 		pl.Changes = append(pl.Changes, playbook.Change{Target: "flags:" + ReleaseFlagsPath(w.cfg.Dir, str(c, "release")),
@@ -342,7 +372,7 @@ func (w *World) runIsolate(ctx context.Context, c playbook.Call) (playbook.Outpu
 			out["note"] = "regressive release runs in the stable pool; isolated by the gate until rolled back"
 			continue
 		}
-		if err := w.gw.SetWeights(ctx, map[string]int{PoolStable: 100, p: 0}); err != nil {
+		if err := w.router.SetWeights(ctx, map[string]int{PoolStable: 100, p: 0}); err != nil {
 			return nil, err
 		}
 		rep, err := w.fleet.Drain(ctx, p)
@@ -439,8 +469,22 @@ func (w *World) planRollback(ctx context.Context, c playbook.Call) (playbook.Pla
 	if !t.Release.SupportsSchema(v) {
 		return playbook.Plan{Notes: []string{(&SchemaRefusal{t.Release.ID, t.Release.SchemaMin, t.Release.SchemaMax, v}).Error()}}, nil
 	}
-	return playbook.Plan{Changes: []playbook.Change{{Target: "fleet:pool/" + PoolCanary, To: t.Release.ID,
-		Detail: fmt.Sprintf("revision %d of pool %s, schema %d..%d (database at %d)", t.Number, t.Pool, t.Release.SchemaMin, t.Release.SchemaMax, v)}}}, nil
+	detail := fmt.Sprintf("release %s = revision %d of pool %s, schema %d..%d (database at %d)", t.Release.ID, t.Number, t.Pool, t.Release.SchemaMin, t.Release.SchemaMax, v)
+	pf, ok := w.fleet.(fleet.Planner)
+	if !ok {
+		return playbook.Plan{Changes: []playbook.Change{{Target: "fleet:pool/" + PoolCanary, To: t.Release.ID, Detail: detail}}}, nil
+	}
+	var chs []fleet.Change
+	if t.Pool == PoolCanary {
+		chs, err = pf.PlanRollback(ctx, PoolCanary, t.Number)
+	} else {
+		chs, err = pf.PlanDeploy(ctx, PoolCanary, t.Release, w.cfg.Replicas)
+	}
+	if err != nil {
+		return playbook.Plan{}, fmt.Errorf("plan rollback of %s: %w", PoolCanary, err)
+	}
+	pl := playbook.Plan{Changes: planChanges(chs), Notes: []string{detail}}
+	return pl, nil
 }
 
 func (w *World) runRollback(ctx context.Context, c playbook.Call) (playbook.Outputs, error) {
@@ -470,8 +514,16 @@ func (w *World) runRollback(ctx context.Context, c playbook.Call) (playbook.Outp
 			return playbook.Outputs{"pool": PoolCanary, "release": t.Release.ID, "revision": p.Revision, "schema": v, "note": "already deployed"}, nil
 		}
 	}
+	// A revision of the canary pool itself is rolled back to (its pod
+	// template re-applied, as a new revision); a release that ran in another
+	// pool is deployed into the canary pool.
 	rel := t.Release.Clone()
-	rev, err := w.fleet.Deploy(ctx, PoolCanary, rel, w.cfg.Replicas)
+	var rev fleet.Revision
+	if t.Pool == PoolCanary {
+		rev, err = w.fleet.Rollback(ctx, PoolCanary, t.Number)
+	} else {
+		rev, err = w.fleet.Deploy(ctx, PoolCanary, rel, w.cfg.Replicas)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -490,7 +542,7 @@ func (w *World) planSmoke(ctx context.Context, c playbook.Call) (playbook.Plan, 
 }
 
 func (w *World) runSmoke(ctx context.Context, c playbook.Call) (playbook.Outputs, error) {
-	w.gw.CheckHealth(ctx)
+	w.checkHealth(ctx)
 	seen := map[api.Format]int{}
 	for round := 0; round < 20 && len(seen) < 3; round++ {
 		for _, f := range w.prober.Round(ctx) {
@@ -519,10 +571,42 @@ func (w *World) runSmoke(ctx context.Context, c playbook.Call) (playbook.Outputs
 // --- 8. canary
 
 func (w *World) planCanary(ctx context.Context, c playbook.Call) (playbook.Plan, error) {
-	pl := playbook.Plan{Changes: []playbook.Change{{Target: "gateway:gate", From: "on", To: "off"}}}
+	pl := playbook.Plan{}
+	gchs, err := w.router.PlanGate(ctx, gateway.Gate{On: false})
+	if err != nil {
+		return pl, fmt.Errorf("plan gate on %s: %w", w.router, err)
+	}
+	pl.Changes = planChanges(gchs)
+	if len(gchs) == 0 {
+		// At plan time the gate may still be off; the block-ingress step
+		// turns it on before this step runs.
+		pl.Changes = append(pl.Changes, playbook.Change{Target: w.router.String(), Field: "gate", From: "on", To: "off"})
+	}
+	// Each stage's changes as they will be made: from the previous stage's
+	// weights (the first from the weights isolate leaves, canary at 0).
+	prev := map[string]string{}
+	iso, err := w.planWeights(ctx, map[string]int{PoolStable: 100, PoolCanary: 0}, "")
+	if err != nil {
+		return pl, err
+	}
+	for _, ch := range iso {
+		prev[ch.Target+" "+ch.Field] = ch.To
+	}
 	for _, s := range stages(c) {
-		pl.Changes = append(pl.Changes, playbook.Change{Target: "gateway:weight/" + PoolCanary, To: strconv.Itoa(s),
-			Detail: "hold " + str(c, "hold") + ", every canary signature verified"})
+		chs, err := w.planWeights(ctx, map[string]int{PoolStable: 100 - s, PoolCanary: s}, "hold "+str(c, "hold")+", every canary signature verified")
+		if err != nil {
+			return pl, err
+		}
+		for _, ch := range chs {
+			key := ch.Target + " " + ch.Field
+			if from, ok := prev[key]; ok {
+				ch.From = from
+			}
+			prev[key] = ch.To
+			if ch.From != ch.To {
+				pl.Changes = append(pl.Changes, ch)
+			}
+		}
 	}
 	return pl, nil
 }
@@ -544,12 +628,12 @@ func (w *World) runCanary(ctx context.Context, c playbook.Call) (playbook.Output
 	if err != nil {
 		return nil, err
 	}
-	if _, err := w.gw.SetGate(ctx, gateway.Gate{On: false}); err != nil {
+	if _, err := w.router.SetGate(ctx, gateway.Gate{On: false}); err != nil {
 		return nil, err
 	}
 	verified, unverifiable := 0, 0
 	for _, s := range stages(c) {
-		if err := w.gw.SetWeights(ctx, map[string]int{PoolStable: 100 - s, PoolCanary: s}); err != nil {
+		if err := w.router.SetWeights(ctx, map[string]int{PoolStable: 100 - s, PoolCanary: s}); err != nil {
 			return nil, err
 		}
 		deadline := time.Now().Add(hold)
@@ -557,7 +641,7 @@ func (w *World) runCanary(ctx context.Context, c playbook.Call) (playbook.Output
 			n, u, next, err := w.verifyCanary(ctx, from)
 			verified, unverifiable, from = verified+n, unverifiable+u, next
 			if err != nil {
-				w.gw.SetWeights(ctx, map[string]int{PoolStable: 100, PoolCanary: 0})
+				w.router.SetWeights(ctx, map[string]int{PoolStable: 100, PoolCanary: 0})
 				w.rec.Record(ctx, "canary.aborted", "pool/"+PoolCanary, map[string]any{"stage": s, "reason": err.Error()})
 				return nil, fmt.Errorf("canary aborted at %d%%, weight back to 0: %w", s, err)
 			}

@@ -137,7 +137,7 @@ func (w *World) hState(rw http.ResponseWriter, r *http.Request) {
 			runs[inc.ID] = inc.RunID
 		}
 	}
-	writeJSON(rw, State{URLs: w.URLs(), Drill: w.cfg.Drill, AutoRun: w.cfg.AutoRun, Gateway: w.gw.State(), Incidents: incs,
+	writeJSON(rw, State{URLs: w.URLs(), Drill: w.cfg.Drill, AutoRun: w.cfg.AutoRun, Gateway: w.gatewayState(r.Context()), Incidents: incs,
 		Pools: pools, Runs: runs, Params: w.cfg.Params})
 }
 

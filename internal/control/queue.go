@@ -35,8 +35,8 @@ const sharedConsumerNote = "every pool's workers share the durable consumer " + 
 	" (one work queue); pausing it would stop the stable workers too, so it is not paused per pool: " +
 	"the gateway refuses POST /v1/sign:async while the gate is on, and isolate stops the regressive pool's workers"
 
-// worldQueue is the embedded JetStream server the world runs and the
-// control plane's own connection to it.
+// worldQueue is the embedded JetStream server the world runs (or an
+// external one: srv nil) and the control plane's own connection to it.
 type worldQueue struct {
 	srv     *jetstream.Server
 	q       *jetstream.Queue
@@ -51,6 +51,9 @@ type worldQueue struct {
 // process used when that port is free, so nodes that outlived it (a
 // crash-resume) reconnect to the same URL; otherwise on a free port.
 func (w *World) startQueue(ctx context.Context) error {
+	if w.cfg.QueueURL != "" {
+		return w.dialQueue(ctx)
+	}
 	dir := filepath.Join(w.cfg.Dir, QueueStoreDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("control: queue store: %w", err)
@@ -86,6 +89,26 @@ func (w *World) startQueue(ctx context.Context) error {
 	return nil
 }
 
+// dialQueue connects to an external JetStream server (a NATS cluster on
+// Kubernetes): the same streams and consumer as the embedded one.
+func (w *World) dialQueue(ctx context.Context) error {
+	q, err := jetstream.Dial(ctx, w.cfg.QueueURL, jetstream.Config{AckWait: w.ackWait(), Logger: w.log})
+	if err != nil {
+		return fmt.Errorf("control: queue %s: %w", redactURL(w.cfg.QueueURL), err)
+	}
+	w.queue = &worldQueue{q: q, url: w.cfg.QueueURL}
+	return nil
+}
+
+// redactURL drops a URL's password for messages.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
+
 func (w *World) ackWait() time.Duration {
 	if w.cfg.QueueAckWait > 0 {
 		return w.cfg.QueueAckWait
@@ -115,12 +138,16 @@ func (q *worldQueue) close() error {
 	if q == nil {
 		return nil
 	}
-	os.Remove(q.urlFile)
+	if q.urlFile != "" {
+		os.Remove(q.urlFile)
+	}
 	err := q.q.Close()
 	if q.closeConn != nil {
 		q.closeConn()
 	}
-	q.srv.Shutdown()
+	if q.srv != nil {
+		q.srv.Shutdown()
+	}
 	return err
 }
 

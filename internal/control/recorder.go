@@ -154,3 +154,21 @@ func (r *recorder) Subscribe() (<-chan TimelineEntry, func()) {
 		}
 	}
 }
+
+// NewRecorder returns the recorder the control plane uses, for a gateway
+// that runs on its own (countersign gateway): every change is an audit event
+// in st, and weight and gate changes are persisted with their event, so a
+// restarted gateway routes as it was left (LoadRouting).
+func NewRecorder(st store.Store, release, instance string, now func() time.Time) gateway.Recorder {
+	if now == nil {
+		now = time.Now
+	}
+	return &recorder{st: st, release: release, instance: instance, now: now}
+}
+
+// LoadRouting returns the weights and gate last recorded by a recorder of
+// NewRecorder in st; nil where none was recorded.
+func LoadRouting(ctx context.Context, st store.Store) (weights map[string]int, gate *gateway.Gate, err error) {
+	rt, err := loadRouting(ctx, st)
+	return rt.Weights, rt.Gate, err
+}

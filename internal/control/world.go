@@ -32,6 +32,7 @@ import (
 	"github.com/countersign/countersign/internal/playbook"
 	"github.com/countersign/countersign/internal/probe"
 	"github.com/countersign/countersign/internal/store"
+	"github.com/countersign/countersign/internal/traffic"
 )
 
 // Pools of the embedded default.
@@ -97,8 +98,23 @@ type Config struct {
 	// stops without acknowledging it waits before redelivery (default
 	// DefaultQueueAckWait).
 	QueueAckWait time.Duration
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// QueueURL is an external NATS JetStream server (e.g. the cluster on
+	// Kubernetes); empty starts the embedded one in <Dir>/jetstream.
+	QueueURL string
+	// Backends. A nil Fleet means fleet/local: node processes on this
+	// machine started from Artifact, behind the embedded gateway. With
+	// Fleet set (fleet/kube), Router must be set too (traffic.Admin for our
+	// gateway running elsewhere, traffic/httproute for a Gateway API
+	// route), NodeRelease builds the releases it deploys, and the world
+	// starts no gateway and no node of its own: it drives what runs.
+	Fleet       fleet.Fleet
+	Router      traffic.Router
+	NodeRelease func(spec ReleaseSpec, flagsPath string) (fleet.Release, error)
+	// GatewayURL is where clients reach the data plane when Router routes
+	// elsewhere (reported by URLs; the drill's load uses it).
+	GatewayURL string
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 // World is a running embedded Countersign installation.
@@ -109,7 +125,8 @@ type World struct {
 	inst *install.Installation
 	rec  *recorder
 
-	gw       *gateway.Gateway
+	gw       *gateway.Gateway // the embedded gateway; nil with an external Router
+	router   traffic.Router   // what the playbook routes through (embeddedRouter over gw, or Config.Router)
 	gwURL    string
 	adminURL string
 	ctlURL   string
@@ -117,8 +134,9 @@ type World struct {
 	servers  []*http.Server
 
 	queue    *worldQueue // embedded JetStream: async signing
-	fleet    *local.Fleet
-	artifact fleet.Release // base release template (artifact + checksum)
+	fleet    fleet.Fleet
+	local    *local.Fleet  // fleet when it is fleet/local (resume, shutdown); nil otherwise
+	artifact fleet.Release // base release template of fleet/local (artifact + checksum)
 
 	prober   *probe.Prober
 	detector *probe.Detector
@@ -172,6 +190,9 @@ func Start(ctx context.Context, cfg Config) (w *World, err error) {
 	}
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
+	}
+	if (cfg.Fleet == nil) != (cfg.Router == nil) || (cfg.Fleet != nil && cfg.NodeRelease == nil) {
+		return nil, errors.New("control: an external fleet needs a router and a release builder (and a router a fleet)")
 	}
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = probe.DefaultInterval
@@ -265,6 +286,10 @@ func (w *World) startIntegrator(ctx context.Context) error {
 }
 
 func (w *World) startGateway(ctx context.Context) error {
+	if w.cfg.Router != nil {
+		w.router, w.gwURL = w.cfg.Router, w.cfg.GatewayURL
+		return nil
+	}
 	// A restarted control plane routes as the previous one left it: the
 	// gate stays on and a zeroed pool stays at zero.
 	rt, err := loadRouting(ctx, w.inst.Store)
@@ -285,7 +310,7 @@ func (w *World) startGateway(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.gw = gw
+	w.gw, w.router = gw, embeddedRouter{gw}
 	if rt.Gate != nil && rt.Gate.On {
 		if _, err := gw.SetGate(gateway.WithActor(ctx, ActorRestart), *rt.Gate); err != nil {
 			return fmt.Errorf("control: restore maintenance gate: %w", err)
@@ -306,6 +331,19 @@ func (w *World) startGateway(ctx context.Context) error {
 }
 
 func (w *World) startFleet(ctx context.Context) error {
+	if w.cfg.Fleet != nil {
+		w.fleet = w.cfg.Fleet
+		st, err := w.fleet.Status(ctx)
+		if err != nil {
+			return fmt.Errorf("control: fleet %T: %w", w.fleet, err)
+		}
+		for _, p := range st {
+			if p.Pool == PoolStable && p.Revision > 0 {
+				return nil
+			}
+		}
+		return fmt.Errorf("control: the %s pool runs no release yet: deploy one first (countersign release deploy --pool %s)", PoolStable, PoolStable)
+	}
 	f, err := local.New(local.Config{
 		StateDir:     filepath.Join(w.cfg.Dir, "fleet"),
 		ReadyTimeout: 60 * time.Second,
@@ -319,7 +357,7 @@ func (w *World) startFleet(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.fleet = f
+	w.fleet, w.local = f, f
 	exe := w.cfg.Artifact
 	if exe == "" {
 		if exe, err = os.Executable(); err != nil {
@@ -375,6 +413,9 @@ type ReleaseSpec struct {
 // `countersign node` against the world's data directory, its queue (each
 // node runs an async worker) and the release's flag file.
 func (w *World) release(spec ReleaseSpec, flagsPath string) (fleet.Release, error) {
+	if w.cfg.NodeRelease != nil {
+		return w.cfg.NodeRelease(spec, flagsPath)
+	}
 	rel := w.artifact.Clone()
 	rel.ID = spec.ID
 	rel.Args = []string{"node", "--data", w.cfg.Dir, "--listen", "{{.Listen}}", "--release", "{{.Release}}",
@@ -441,8 +482,8 @@ func (w *World) Deploy(ctx context.Context, spec ReleaseSpec) (fleet.Revision, e
 		return rev, err
 	}
 	if spec.Pool == PoolCanary || spec.Pool == "" {
-		w.gw.CheckHealth(ctx)
-		if err := w.gw.SetWeights(gateway.WithActor(ctx, "release"), map[string]int{PoolStable: 100 - spec.Weight, PoolCanary: spec.Weight}); err != nil {
+		w.checkHealth(ctx)
+		if err := w.router.SetWeights(gateway.WithActor(ctx, "release"), map[string]int{PoolStable: 100 - spec.Weight, PoolCanary: spec.Weight}); err != nil {
 			return rev, err
 		}
 	}
@@ -548,11 +589,11 @@ func (w *World) onAlert(a probe.Alert) {
 // pool) and turns the maintenance gate on.
 func (w *World) contain(ctx context.Context, a probe.Alert) time.Time {
 	if a.Pool != PoolStable {
-		if err := w.gw.SetWeights(ctx, map[string]int{PoolStable: 100, a.Pool: 0}); err != nil {
+		if err := w.router.SetWeights(ctx, map[string]int{PoolStable: 100, a.Pool: 0}); err != nil {
 			w.log.Error("containment: zero weight", "pool", a.Pool, "err", err)
 		}
 	}
-	if _, err := w.gw.SetGate(ctx, gateway.Gate{On: true, RetryAfter: retryAfterSeconds(w.cfg.Params["retry_after"]), Reason: "alert on pool " + a.Pool + ": " + a.Reason}); err != nil {
+	if _, err := w.router.SetGate(ctx, gateway.Gate{On: true, RetryAfter: retryAfterSeconds(w.cfg.Params["retry_after"]), Reason: "alert on pool " + a.Pool + ": " + a.Reason}); err != nil {
 		w.log.Error("containment: gate", "err", err)
 	}
 	now := w.now()
@@ -591,11 +632,15 @@ func (w *World) Token() string { return w.token }
 // Installation exposes the data directory's store and keys.
 func (w *World) Installation() *install.Installation { return w.inst }
 
-// Gateway exposes the gateway (state, counters).
+// Gateway exposes the embedded gateway (state, counters); nil when the
+// world routes through an external Router.
 func (w *World) Gateway() *gateway.Gateway { return w.gw }
 
+// Router is what the world routes through.
+func (w *World) Router() traffic.Router { return w.router }
+
 // Fleet exposes the fleet.
-func (w *World) Fleet() *local.Fleet { return w.fleet }
+func (w *World) Fleet() fleet.Fleet { return w.fleet }
 
 // Timeline returns what happened so far.
 func (w *World) Timeline() []TimelineEntry { return w.rec.Timeline() }
@@ -621,8 +666,8 @@ func (w *World) Close() error {
 	var errs []error
 	shCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if w.fleet != nil {
-		errs = append(errs, w.fleet.Shutdown(shCtx))
+	if w.local != nil {
+		errs = append(errs, w.local.Shutdown(shCtx))
 	}
 	for _, s := range w.servers {
 		s.Shutdown(shCtx)

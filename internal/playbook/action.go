@@ -37,7 +37,10 @@ type Call struct {
 
 // Change is one thing an action would change.
 type Change struct {
-	Target string `json:"target"` // e.g. "gateway:maintenance", "fleet:pool/canary"
+	Target string `json:"target"` // e.g. "gateway:maintenance", "fleet:pool/canary", "Deployment countersign/countersign-node-canary"
+	// Field is the changed field of Target, where the backend names one
+	// (e.g. "spec.replicas" of a Deployment).
+	Field  string `json:"field,omitempty"`
 	From   string `json:"from,omitempty"`
 	To     string `json:"to,omitempty"`
 	Detail string `json:"detail,omitempty"`
