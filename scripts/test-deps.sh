@@ -41,4 +41,7 @@ for i in $(seq 1 50); do
 done
 port_open 5432 || echo "test-deps: WARNING PostgreSQL still not reachable (tests needing it fail under CI=true)"
 port_open 4222 || echo "test-deps: WARNING NATS still not reachable (tests needing it fail under CI=true)"
+# An S3 server that enforces Object Lock (versitygw) and one that does not
+# (gofakes3), built from the Go module proxy into $HOME/.cache (idempotent).
+bash "$(dirname "$0")/s3-testserver.sh" >/dev/null || echo "test-deps: WARNING S3 test servers not built (s3lock tests fail under CI=true)"
 exit 0

@@ -57,6 +57,7 @@ func runUp(ctx context.Context, env *cliEnv, args []string) error {
 	logPath := fs.String("log", "", "control-plane log file (default DIR/control.log)")
 	notifyWebhook := fs.String("notify-webhook", "", "also deliver every incident notice to this webhook (Standard Webhooks, HMAC-SHA256)")
 	notifySecretFile := fs.String("notify-webhook-secret-file", "", "file holding the webhook HMAC secret (required with --notify-webhook)")
+	snapshotStore := fs.String("snapshot-store", "", "where incident snapshots go: s3://BUCKET[/PREFIX]?endpoint=...&mode=compliance (docs/snapshots-s3.md); default DIR/snapshots")
 	verbose := fs.Bool("v", false, "log to stderr instead of the log file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -116,13 +117,17 @@ func runUp(ctx context.Context, env *cliEnv, args []string) error {
 	if created {
 		fmt.Fprintf(out, "wrote the default flag file %s\n", control.FlagsPath(dir))
 	}
+	ims, err := openSnapshotStore(ctx, *snapshotStore, logger)
+	if err != nil {
+		return err
+	}
 	// A control.json left by a process that was killed names dead URLs.
 	os.Remove(filepath.Join(dir, control.EndpointsFile))
 	fmt.Fprintf(out, "starting the world in %s (stable pool on %s)...\n", dir, *base)
 	w, err := control.Start(ctx, control.Config{Dir: dir, Listen: *listen, AdminListen: *adminListen, ControlListen: *controlListen,
 		BaseRelease: *base, Replicas: *replicas, Drill: *drill, AutoRun: *auto, NoAutoContain: !*autoContain,
 		ProbeInterval: *probeEvery, Artifact: *artifact, Params: params, CrashAt: *crashAt, WriteEndpoints: true, Logger: logger,
-		NotifyWebhook: *notifyWebhook, NotifyWebhookSecret: webhookSecret})
+		NotifyWebhook: *notifyWebhook, NotifyWebhookSecret: webhookSecret, SnapshotStore: ims})
 	if err != nil {
 		return err
 	}

@@ -263,6 +263,11 @@ func (w *World) snapshotParts() []snapshot.Part {
 	if b, ok := st.(snapshot.SQLiteBackuper); ok {
 		parts = append(parts, snapshot.SQLite{Store: b, TempDir: filepath.Join(w.cfg.Dir, "tmp")})
 	}
+	if pe, ok := st.(snapshot.PostgresExporter); ok {
+		// pg_dump of a snapshot the store exports: a consistent image
+		// while nodes keep writing elsewhere (they are gated anyway).
+		parts = append(parts, snapshot.Postgres{Store: pe, URL: w.inst.StoreURL()})
+	}
 	parts = append(parts, snapshot.Audit{Store: st}, snapshot.KeyInventory{Store: st}, snapshot.KeyEvents{Store: st},
 		snapshot.Fleet{Fleet: w.fleet})
 	if w.queue != nil {
@@ -288,7 +293,7 @@ func (w *World) snapshotParts() []snapshot.Part {
 func (w *World) planSnapshot(ctx context.Context, c playbook.Call) (playbook.Plan, error) {
 	pl := playbook.Plan{}
 	for _, p := range w.snapshotParts() {
-		pl.Changes = append(pl.Changes, playbook.Change{Target: "immutable:" + filepath.Join(w.cfg.Dir, "snapshots"), To: p.Name(), Detail: p.Kind()})
+		pl.Changes = append(pl.Changes, playbook.Change{Target: "immutable:" + w.snapshotStoreName(), To: p.Name(), Detail: p.Kind()})
 	}
 	return pl, nil
 }
@@ -297,7 +302,7 @@ func (w *World) runSnapshot(ctx context.Context, c playbook.Call) (playbook.Outp
 	if err := os.MkdirAll(filepath.Join(w.cfg.Dir, "tmp"), 0o700); err != nil {
 		return nil, err
 	}
-	ims, err := snapshot.NewWriteOnceDir(filepath.Join(w.cfg.Dir, "snapshots"))
+	ims, err := w.snapshotStore()
 	if err != nil {
 		return nil, err
 	}
@@ -316,8 +321,27 @@ func (w *World) runSnapshot(ctx context.Context, c playbook.Call) (playbook.Outp
 	if err != nil {
 		return nil, err
 	}
-	return playbook.Outputs{"manifest": m.ObjectName(), "manifest_sha256": sum, "snapshot_dir": filepath.Join(w.cfg.Dir, "snapshots"),
+	return playbook.Outputs{"manifest": m.ObjectName(), "manifest_sha256": sum, "snapshot_dir": w.snapshotStoreName(),
 		"audit_checkpoint": size, "in_flight": n}, nil
+}
+
+// snapshotStore is where snapshots go: Config.SnapshotStore (e.g. an S3
+// bucket under Object Lock) or the write-once directory <Dir>/snapshots.
+func (w *World) snapshotStore() (snapshot.ImmutableStore, error) {
+	if w.cfg.SnapshotStore != nil {
+		return w.cfg.SnapshotStore, nil
+	}
+	return snapshot.NewWriteOnceDir(filepath.Join(w.cfg.Dir, "snapshots"))
+}
+
+func (w *World) snapshotStoreName() string {
+	if s, ok := w.cfg.SnapshotStore.(fmt.Stringer); ok {
+		return s.String()
+	}
+	if w.cfg.SnapshotStore != nil {
+		return fmt.Sprintf("%T", w.cfg.SnapshotStore)
+	}
+	return filepath.Join(w.cfg.Dir, "snapshots")
 }
 
 // --- 5. isolate
@@ -633,8 +657,19 @@ func (w *World) runCanary(ctx context.Context, c playbook.Call) (playbook.Output
 	}
 	verified, unverifiable := 0, 0
 	for _, s := range stages(c) {
-		if err := w.router.SetWeights(ctx, map[string]int{PoolStable: 100 - s, PoolCanary: s}); err != nil {
+		want := map[string]int{PoolStable: 100 - s, PoolCanary: s}
+		if err := w.router.SetWeights(ctx, want); err != nil {
 			return nil, err
+		}
+		// Read the weights back from what routes: a router that accepted
+		// the change but routes otherwise must stop the canary here.
+		got, err := w.router.State(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("canary stage %d%%: read back %s: %w", s, w.router, err)
+		}
+		if got.Weights[PoolStable] != want[PoolStable] || got.Weights[PoolCanary] != want[PoolCanary] {
+			w.router.SetWeights(ctx, map[string]int{PoolStable: 100, PoolCanary: 0})
+			return nil, fmt.Errorf("canary stage %d%%: %s reads back weights %v after setting %v", s, w.router, got.Weights, want)
 		}
 		deadline := time.Now().Add(hold)
 		for {
@@ -654,7 +689,7 @@ func (w *World) runCanary(ctx context.Context, c playbook.Call) (playbook.Output
 			case <-time.After(250 * time.Millisecond):
 			}
 		}
-		w.rec.note(TimelineEntry{Time: w.now(), Kind: "canary.stage", Subject: "pool/" + PoolCanary, Details: map[string]any{"weight": s, "verified": verified}})
+		w.rec.note(TimelineEntry{Time: w.now(), Kind: "canary.stage", Subject: "pool/" + PoolCanary, Details: map[string]any{"weight": s, "verified": verified, "read_back": got.Weights}})
 	}
 	st, _ := w.fleet.Status(ctx)
 	for _, p := range st {

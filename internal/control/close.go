@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -239,7 +240,17 @@ func (w *World) buildBundle(ctx context.Context, c playbook.Call, inc Incident, 
 		return nil, err
 	}
 	if m := str(c, "manifest"); m != "" {
-		if cts.SnapshotManifest, err = os.ReadFile(filepath.Join(w.cfg.Dir, "snapshots", m)); err != nil {
+		ims, err := w.snapshotStore()
+		if err != nil {
+			return nil, err
+		}
+		rc, err := ims.Get(ctx, m)
+		if err != nil {
+			return nil, fmt.Errorf("close: snapshot manifest: %w", err)
+		}
+		cts.SnapshotManifest, err = io.ReadAll(io.LimitReader(rc, 64<<20))
+		rc.Close()
+		if err != nil {
 			return nil, fmt.Errorf("close: snapshot manifest: %w", err)
 		}
 	}

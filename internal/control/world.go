@@ -31,6 +31,7 @@ import (
 	"github.com/countersign/countersign/internal/notify"
 	"github.com/countersign/countersign/internal/playbook"
 	"github.com/countersign/countersign/internal/probe"
+	"github.com/countersign/countersign/internal/snapshot"
 	"github.com/countersign/countersign/internal/store"
 	"github.com/countersign/countersign/internal/traffic"
 )
@@ -103,13 +104,19 @@ type Config struct {
 	QueueURL string
 	// Backends. A nil Fleet means fleet/local: node processes on this
 	// machine started from Artifact, behind the embedded gateway. With
-	// Fleet set (fleet/kube), Router must be set too (traffic.Admin for our
-	// gateway running elsewhere, traffic/httproute for a Gateway API
-	// route), NodeRelease builds the releases it deploys, and the world
-	// starts no gateway and no node of its own: it drives what runs.
-	Fleet       fleet.Fleet
-	Router      traffic.Router
-	NodeRelease func(spec ReleaseSpec, flagsPath string) (fleet.Release, error)
+	// Fleet set (fleet/kube), Router and Pods must be set too (Router:
+	// traffic.Admin for our gateway running elsewhere, traffic/httproute
+	// for a Gateway API route), and the world starts no gateway and no node
+	// of its own: it drives what runs.
+	Fleet fleet.Fleet
+	// Router is called once the store is open, with the recorder every
+	// routing change must be recorded through before it takes effect.
+	Router func(rec gateway.Recorder) (traffic.Router, error)
+	Pods   *PodSpec
+	// SnapshotStore receives incident snapshots (default: the write-once
+	// directory <Dir>/snapshots); e.g. an S3 bucket under Object Lock
+	// (snapshot/s3lock).
+	SnapshotStore snapshot.ImmutableStore
 	// GatewayURL is where clients reach the data plane when Router routes
 	// elsewhere (reported by URLs; the drill's load uses it).
 	GatewayURL string
@@ -191,8 +198,13 @@ func Start(ctx context.Context, cfg Config) (w *World, err error) {
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
 	}
-	if (cfg.Fleet == nil) != (cfg.Router == nil) || (cfg.Fleet != nil && cfg.NodeRelease == nil) {
-		return nil, errors.New("control: an external fleet needs a router and a release builder (and a router a fleet)")
+	if (cfg.Fleet == nil) != (cfg.Router == nil) || (cfg.Fleet == nil) != (cfg.Pods == nil) {
+		return nil, errors.New("control: Fleet, Router and Pods go together (an external fleet) or are all unset (the local one)")
+	}
+	if cfg.Pods != nil {
+		if err := cfg.Pods.validate(); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = probe.DefaultInterval
@@ -287,7 +299,11 @@ func (w *World) startIntegrator(ctx context.Context) error {
 
 func (w *World) startGateway(ctx context.Context) error {
 	if w.cfg.Router != nil {
-		w.router, w.gwURL = w.cfg.Router, w.cfg.GatewayURL
+		r, err := w.cfg.Router(w.rec)
+		if err != nil {
+			return fmt.Errorf("control: router: %w", err)
+		}
+		w.router, w.gwURL = r, w.cfg.GatewayURL
 		return nil
 	}
 	// A restarted control plane routes as the previous one left it: the
@@ -413,14 +429,23 @@ type ReleaseSpec struct {
 // `countersign node` against the world's data directory, its queue (each
 // node runs an async worker) and the release's flag file.
 func (w *World) release(spec ReleaseSpec, flagsPath string) (fleet.Release, error) {
-	if w.cfg.NodeRelease != nil {
-		return w.cfg.NodeRelease(spec, flagsPath)
+	rel, dataDir, queueURL := w.artifact.Clone(), w.cfg.Dir, w.queue.url
+	if p := w.cfg.Pods; p != nil {
+		// A pod: the image is the artifact, the installation is mounted,
+		// the flag file becomes a ConfigMap (fleet/kube renders
+		// {{.FlagsFile}} as its mount path) and the passphrase comes from
+		// the manifests' Secret, never from the release.
+		rel = fleet.Release{Artifact: p.Image, SHA256: p.digest(), SchemaMin: store.DefaultSchemaMin, SchemaMax: store.DefaultSchemaMax}
+		dataDir, queueURL = p.DataDir, p.QueueURL
 	}
-	rel := w.artifact.Clone()
 	rel.ID = spec.ID
-	rel.Args = []string{"node", "--data", w.cfg.Dir, "--listen", "{{.Listen}}", "--release", "{{.Release}}",
+	flagsArg := flagsPath
+	if w.cfg.Pods != nil {
+		rel.FlagsFile, flagsArg = flagsPath, "{{.FlagsFile}}"
+	}
+	rel.Args = []string{"node", "--data", dataDir, "--listen", "{{.Listen}}", "--release", "{{.Release}}",
 		"--instance", "{{.Instance}}", "--integrate=false",
-		"--nats", w.queue.url, "--worker", "--queue-ack-wait", w.ackWait().String(), "--flags", flagsPath}
+		"--nats", queueURL, "--worker", "--queue-ack-wait", w.ackWait().String(), "--flags", flagsArg}
 	if spec.Fault != "" {
 		if !w.cfg.Drill {
 			return fleet.Release{}, errors.New("control: fault scenarios are honoured only in drill worlds")
@@ -439,7 +464,7 @@ func (w *World) release(spec ReleaseSpec, flagsPath string) (fleet.Release, erro
 		rel.SchemaMax = spec.SchemaMax
 	}
 	rel.Args = append(rel.Args, "--schema-min", fmt.Sprint(rel.SchemaMin), "--schema-max", fmt.Sprint(rel.SchemaMax))
-	if pass := os.Getenv(install.PassphraseEnv); pass != "" {
+	if pass := os.Getenv(install.PassphraseEnv); pass != "" && w.cfg.Pods == nil {
 		rel.Env = append(rel.Env, install.PassphraseEnv+"="+pass)
 	}
 	return rel, rel.Validate()

@@ -293,7 +293,13 @@ type Installation struct {
 	now      func() time.Time
 	release  string
 	instance string
+	storeURL string
 }
+
+// StoreURL is the URL the store was opened with (the configured one or
+// OpenOptions.StoreURL; relative SQLite paths made absolute). It may hold
+// a password: never log it as is.
+func (in *Installation) StoreURL() string { return in.storeURL }
 
 // OpenStore opens only the store of the installation in dir: no keys, no
 // passphrase (migrations and read-only tools need nothing more).
@@ -385,7 +391,7 @@ func open(ctx context.Context, dir string, cfg *Config, pass soft.Passphrase, o 
 		reg.Close()
 		return nil, err
 	}
-	return &Installation{Dir: dir, Config: *cfg, Store: st, Registry: reg, Keys: mgr, CA: ca, now: now, release: o.Release, instance: o.Instance}, nil
+	return &Installation{Dir: dir, Config: *cfg, Store: st, Registry: reg, Keys: mgr, CA: ca, now: now, release: o.Release, instance: o.Instance, storeURL: url}, nil
 }
 
 // storePath makes a relative sqlite path relative to the data dir.
