@@ -50,6 +50,10 @@ func runPlaybook(ctx context.Context, env *cliEnv, args []string) error {
 		roles = append(roles, s)
 		return nil
 	})
+	var kf kubeFlags
+	if sub == "plan" || sub == "run" {
+		kf.register(fs)
+	}
 	reason := fs.String("reason", "", "abort: why")
 	noFollow := fs.Bool("no-follow", false, "run, resume: return once the run has started instead of following it")
 	pos, err := parseInterspersed(fs, args)
@@ -61,6 +65,18 @@ func runPlaybook(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	if pf.to != "" {
 		pf.params["stable_release"] = pf.to
+	}
+	if on, err := kf.enabled(); err != nil {
+		return err
+	} else if on {
+		if *noFollow {
+			return usageError("--no-follow cannot be used with --fleet kube: the control plane runs in this command and stops with it")
+		}
+		w, err := startKubeControl(ctx, env, &kf, pf.data)
+		if err != nil {
+			return err
+		}
+		defer w.Close()
 	}
 	c, err := dialControl(env, pf.data, pf.as)
 	if err != nil {

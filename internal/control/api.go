@@ -24,7 +24,9 @@ const ActorHeader = "Countersign-Actor"
 const maxBody = 1 << 20
 
 // The control API: what `countersign release|incident|playbook` call. Every
-// route but /readyz needs the admin token (compared in constant time).
+// route but /healthz and /readyz needs the admin token (compared in
+// constant time). /healthz answers 200 while the process serves (liveness);
+// /readyz once Start has finished.
 func (w *World) startControlAPI() error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /control/state", w.hState)
@@ -40,6 +42,10 @@ func (w *World) startControlAPI() error {
 	mux.HandleFunc("GET /control/timeline", w.hTimeline)
 	want := sha256.Sum256([]byte(w.token))
 	h := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			rw.Write([]byte("ok\n"))
+			return
+		}
 		if r.URL.Path == "/readyz" {
 			if !w.ready.Load() {
 				writeProblem(rw, http.StatusServiceUnavailable, api.TypeUnavailable, "control plane starting")

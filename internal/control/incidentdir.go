@@ -8,6 +8,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/countersign/countersign/internal/gateway"
+	"github.com/countersign/countersign/internal/install"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -116,11 +118,20 @@ func readJSON(path string, v any) (ok bool, err error) {
 // before any incident can be open (a key operation during an incident
 // would break the key freeze), and records the creation as an audit event.
 func (w *World) ensureLeadKey(ctx context.Context) error {
-	uriFile := filepath.Join(w.cfg.Dir, LeadKeyURIFile)
+	return EnsureLeadKey(ctx, w.inst, w.rec)
+}
+
+// EnsureLeadKey creates, once, the incident lead's Ed25519 key that signs
+// evidence bundles (URI and public key files in the installation), its
+// creation recorded through rec. The control plane calls it at start; on
+// Kubernetes run it before the installation becomes read-only Secrets
+// (countersign control --prepare).
+func EnsureLeadKey(ctx context.Context, inst *install.Installation, rec gateway.Recorder) error {
+	uriFile := filepath.Join(inst.Dir, LeadKeyURIFile)
 	if _, err := os.Stat(uriFile); err == nil {
 		return nil
 	}
-	uri, pub, err := w.inst.Registry.Generate(ctx, soft.Scheme, keys.Ed25519, LeadKeyLabel)
+	uri, pub, err := inst.Registry.Generate(ctx, soft.Scheme, keys.Ed25519, LeadKeyLabel)
 	if err != nil {
 		return fmt.Errorf("control: incident lead key: %w", err)
 	}
@@ -129,10 +140,10 @@ func (w *World) ensureLeadKey(ctx context.Context) error {
 		return err
 	}
 	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki})
-	if err := writeFileAtomic(filepath.Join(w.cfg.Dir, LeadKeyPubFile), pubPEM, 0o644); err != nil {
+	if err := writeFileAtomic(filepath.Join(inst.Dir, LeadKeyPubFile), pubPEM, 0o644); err != nil {
 		return err
 	}
-	if err := w.rec.Record(ctx, "keys.incident_lead_created", "key/"+LeadKeyLabel,
+	if err := rec.Record(ctx, "keys.incident_lead_created", "key/"+LeadKeyLabel,
 		map[string]any{"uri": uri, "algorithm": string(keys.Ed25519), "public_key": string(pubPEM)}); err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"errors"
 	"fmt"
 	"regexp"
 )
@@ -10,8 +9,9 @@ import (
 // data directory made by `countersign init`, as a Secret) in node pods.
 const DefaultPodDataDir = "/var/lib/countersign"
 
-// PodSpec says how releases run as pods (fleet/kube): which image, where
-// the installation is mounted, and how pods reach the queue.
+// PodSpec says how releases run as pods (fleet/kube): which image and
+// where the installation is mounted. Pods reach the queue through
+// $COUNTERSIGN_NATS_URL from the manifests' Secret.
 type PodSpec struct {
 	// Image is the countersign image pinned by digest,
 	// "registry/countersign@sha256:<64 hex>"; every release runs it (a
@@ -19,9 +19,6 @@ type PodSpec struct {
 	Image string
 	// DataDir is the installation's mount path in the pod.
 	DataDir string
-	// QueueURL is the NATS JetStream URL as pods reach it (may differ from
-	// the control plane's Config.QueueURL, e.g. a Service name).
-	QueueURL string
 }
 
 var imageDigestRE = regexp.MustCompile(`^[^@\s]+@sha256:([0-9a-f]{64})$`)
@@ -32,9 +29,6 @@ func (p *PodSpec) validate() error {
 	}
 	if p.DataDir == "" {
 		p.DataDir = DefaultPodDataDir
-	}
-	if p.QueueURL == "" {
-		return errors.New("control: the pods' queue URL is required")
 	}
 	return nil
 }

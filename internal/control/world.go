@@ -326,7 +326,7 @@ func (w *World) startGateway(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.gw, w.router = gw, embeddedRouter{gw}
+	w.gw, w.router = gw, traffic.Embedded(gw)
 	if rt.Gate != nil && rt.Gate.On {
 		if _, err := gw.SetGate(gateway.WithActor(ctx, ActorRestart), *rt.Gate); err != nil {
 			return fmt.Errorf("control: restore maintenance gate: %w", err)
@@ -358,7 +358,10 @@ func (w *World) startFleet(ctx context.Context) error {
 				return nil
 			}
 		}
-		return fmt.Errorf("control: the %s pool runs no release yet: deploy one first (countersign release deploy --pool %s)", PoolStable, PoolStable)
+		// A control plane comes up before the first release: it is what
+		// deploys it (countersign release deploy --pool stable).
+		w.log.Warn("the stable pool runs no release yet: deploy one (countersign release deploy --pool stable)", "fleet", fmt.Sprintf("%T", w.fleet))
+		return nil
 	}
 	f, err := local.New(local.Config{
 		StateDir:     filepath.Join(w.cfg.Dir, "fleet"),
@@ -429,23 +432,25 @@ type ReleaseSpec struct {
 // `countersign node` against the world's data directory, its queue (each
 // node runs an async worker) and the release's flag file.
 func (w *World) release(spec ReleaseSpec, flagsPath string) (fleet.Release, error) {
-	rel, dataDir, queueURL := w.artifact.Clone(), w.cfg.Dir, w.queue.url
+	rel := w.artifact.Clone()
+	rel.ID = spec.ID
 	if p := w.cfg.Pods; p != nil {
 		// A pod: the image is the artifact, the installation is mounted,
 		// the flag file becomes a ConfigMap (fleet/kube renders
-		// {{.FlagsFile}} as its mount path) and the passphrase comes from
-		// the manifests' Secret, never from the release.
-		rel = fleet.Release{Artifact: p.Image, SHA256: p.digest(), SchemaMin: store.DefaultSchemaMin, SchemaMax: store.DefaultSchemaMax}
-		dataDir, queueURL = p.DataDir, p.QueueURL
+		// {{.FlagsFile}} as its mount path), and the queue URL and the
+		// passphrase come from the manifests' Secrets as environment
+		// variables — never from the release, whose arguments anyone who
+		// may read Deployments can read.
+		rel = fleet.Release{ID: spec.ID, Artifact: p.Image, SHA256: p.digest(), SchemaMin: store.DefaultSchemaMin, SchemaMax: store.DefaultSchemaMax,
+			FlagsFile: flagsPath}
+		rel.Args = []string{"node", "--data", p.DataDir, "--listen", "{{.Listen}}", "--release", "{{.Release}}",
+			"--instance", "{{.Instance}}", "--integrate=false",
+			"--worker", "--queue-ack-wait", w.ackWait().String(), "--flags", "{{.FlagsFile}}"}
+	} else {
+		rel.Args = []string{"node", "--data", w.cfg.Dir, "--listen", "{{.Listen}}", "--release", "{{.Release}}",
+			"--instance", "{{.Instance}}", "--integrate=false",
+			"--nats", w.queue.url, "--worker", "--queue-ack-wait", w.ackWait().String(), "--flags", flagsPath}
 	}
-	rel.ID = spec.ID
-	flagsArg := flagsPath
-	if w.cfg.Pods != nil {
-		rel.FlagsFile, flagsArg = flagsPath, "{{.FlagsFile}}"
-	}
-	rel.Args = []string{"node", "--data", dataDir, "--listen", "{{.Listen}}", "--release", "{{.Release}}",
-		"--instance", "{{.Instance}}", "--integrate=false",
-		"--nats", queueURL, "--worker", "--queue-ack-wait", w.ackWait().String(), "--flags", flagsArg}
 	if spec.Fault != "" {
 		if !w.cfg.Drill {
 			return fleet.Release{}, errors.New("control: fault scenarios are honoured only in drill worlds")
@@ -517,27 +522,36 @@ func (w *World) Deploy(ctx context.Context, spec ReleaseSpec) (fleet.Revision, e
 
 // ensureProbeKey creates the probe tenant, token and key on first start.
 func (w *World) ensureProbeKey(ctx context.Context) (token string, kvs []store.KeyVersion, err error) {
-	tokFile := filepath.Join(w.cfg.Dir, "probe-token")
+	return EnsureProbeIdentity(ctx, w.inst)
+}
+
+// EnsureProbeIdentity creates, once, the tenant, API token (written to
+// <dir>/probe-token) and signing key the synthetic probes use, and returns
+// the token and the key's versions. The control plane calls it at start;
+// on Kubernetes run it before the soft-key Secret is made (countersign
+// control --prepare), since node pods read keys only from that Secret.
+func EnsureProbeIdentity(ctx context.Context, inst *install.Installation) (token string, kvs []store.KeyVersion, err error) {
+	tokFile := filepath.Join(inst.Dir, "probe-token")
 	if b, err := os.ReadFile(tokFile); err == nil {
-		kvs, err := w.inst.Store.KeyVersions(ctx, ProbeTenant, ProbeKey)
+		kvs, err := inst.Store.KeyVersions(ctx, ProbeTenant, ProbeKey)
 		return strings.TrimSpace(string(b)), kvs, err
 	}
-	tok, err := w.inst.CreateTenant(ctx, ProbeTenant, "control")
+	tok, err := inst.CreateTenant(ctx, ProbeTenant, "control")
 	if err != nil && !errors.Is(err, store.ErrExists) {
 		return "", nil, err
 	}
 	if errors.Is(err, store.ErrExists) {
-		if tok, err = w.inst.CreateToken(ctx, ProbeTenant, "control"); err != nil {
+		if tok, err = inst.CreateToken(ctx, ProbeTenant, "control"); err != nil {
 			return "", nil, err
 		}
 	}
-	if _, err := w.inst.Keys.Create(ctx, ProbeTenant, ProbeKey, keys.ECDSAP256, soft.Scheme, "control"); err != nil && !errors.Is(err, store.ErrExists) {
+	if _, err := inst.Keys.Create(ctx, ProbeTenant, ProbeKey, keys.ECDSAP256, soft.Scheme, "control"); err != nil && !errors.Is(err, store.ErrExists) {
 		return "", nil, err
 	}
 	if err := os.WriteFile(tokFile, []byte(string(tok)+"\n"), 0o600); err != nil {
 		return "", nil, err
 	}
-	kvs, err = w.inst.Store.KeyVersions(ctx, ProbeTenant, ProbeKey)
+	kvs, err = inst.Store.KeyVersions(ctx, ProbeTenant, ProbeKey)
 	return string(tok), kvs, err
 }
 

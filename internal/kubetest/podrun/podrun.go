@@ -8,8 +8,9 @@
 // as an image pull would be, when the image's digest is not the binary's
 // SHA-256), with the pod's arguments and environment as the kubelet would
 // give them ($(VAR) expansion, downward API, Secret and ConfigMap
-// references), ConfigMap volumes materialised from the API and Secret
-// volumes mapped to local directories. Each pool's Service is a loopback
+// references) and its volumes laid out from the API (emptyDir, ConfigMap
+// and Secret, subPath included) in a directory standing in for its file
+// system. Each pool's Service is a loopback
 // reverse proxy balancing over the pool's ready processes. A pod that is
 // deleted (or scaled away) gets SIGTERM and, after its grace period,
 // SIGKILL — as on a node.
@@ -40,6 +41,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -160,17 +162,42 @@ func (r *Runner) Stop() error {
 	return nil
 }
 
+// loop reconciles on every pod event (a watch, so a terminating pod leaves
+// its Service as soon as the API server says so, before the pod object is
+// gone) and every Interval.
 func (r *Runner) loop(ctx context.Context) {
 	defer close(r.done)
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
+	var wi watch.Interface
+	var events <-chan watch.Event
+	defer func() {
+		if wi != nil {
+			wi.Stop()
+		}
+	}()
 	for {
+		if events == nil {
+			if wi != nil {
+				wi.Stop()
+			}
+			var err error
+			if wi, err = r.cfg.Client.CoreV1().Pods(r.cfg.Namespace).Watch(ctx, metav1.ListOptions{LabelSelector: r.cfg.Selector}); err == nil {
+				events = wi.ResultChan()
+			} else {
+				wi = nil
+			}
+		}
 		if err := r.reconcile(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("podrun: reconcile", "err", err)
 		}
 		select {
 		case <-ctx.Done():
 			return
+		case _, ok := <-events:
+			if !ok {
+				events = nil
+			}
 		case <-t.C:
 		}
 	}
@@ -292,10 +319,24 @@ func newService(pool string) (*service, error) {
 	return s, nil
 }
 
+// holdFor is how long a request waits for a ready process behind its
+// Service. On KWOK a new pod is Ready the moment it is scheduled and the
+// old one goes at once, while the process standing in for it needs a
+// moment to open its keys: a request arriving in that gap waits, as a
+// client of a real Service would not have noticed the handover.
+const holdFor = 15 * time.Second
+
 func (s *service) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	s.mu.Lock()
-	bs := s.backends
-	s.mu.Unlock()
+	var bs []string
+	for deadline := time.Now().Add(holdFor); ; {
+		s.mu.Lock()
+		bs = s.backends
+		s.mu.Unlock()
+		if len(bs) > 0 || time.Now().After(deadline) || req.Context().Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if len(bs) == 0 {
 		http.Error(w, "podrun: no ready endpoints behind this Service", http.StatusServiceUnavailable)
 		return

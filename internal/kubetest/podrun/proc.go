@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -130,53 +131,95 @@ func (r *Runner) run(ctx context.Context, pod *corev1.Pod) (*proc, error) {
 	return p, nil
 }
 
-// mounts returns mountPath → local directory for the container's volume
-// mounts: Secrets from Config.Mounts, ConfigMaps written out from the API,
-// emptyDirs as fresh directories.
+// mounts lays the container's volume mounts out under dir/root, as the
+// kubelet would in the container's file system, and returns mountPath →
+// local path: emptyDirs as fresh directories, ConfigMaps and Secrets
+// written out from the API (a subPath mount as the one key's file), a
+// Secret mount named in Config.Mounts as a link to that local directory.
+// Mounts are laid out parents first, so a subPath file lands inside the
+// emptyDir it is mounted into.
 func (r *Runner) mounts(ctx context.Context, pod *corev1.Pod, c *corev1.Container, dir string) (map[string]string, error) {
 	vols := map[string]corev1.Volume{}
 	for _, v := range pod.Spec.Volumes {
 		vols[v.Name] = v
 	}
+	ms := append([]corev1.VolumeMount(nil), c.VolumeMounts...)
+	sort.Slice(ms, func(i, j int) bool { return len(ms[i].MountPath) < len(ms[j].MountPath) })
+	root := filepath.Join(dir, "root")
 	out := map[string]string{}
-	for _, m := range c.VolumeMounts {
+	for _, m := range ms {
 		v, ok := vols[m.Name]
 		if !ok {
 			return nil, fmt.Errorf("volume mount %s names no volume", m.Name)
 		}
+		target := filepath.Join(root, filepath.Clean("/"+m.MountPath))
+		out[m.MountPath] = target
+		var data map[string][]byte
 		switch {
-		case v.Secret != nil:
-			local, ok := r.cfg.Mounts[m.MountPath]
-			if !ok {
-				return nil, fmt.Errorf("secret volume %s at %s: no local directory given for it", m.Name, m.MountPath)
+		case v.EmptyDir != nil:
+			if err := os.MkdirAll(target, 0o700); err != nil {
+				return nil, err
 			}
-			out[m.MountPath] = local
+			continue
+		case v.Secret != nil:
+			if local, ok := r.cfg.Mounts[m.MountPath]; ok {
+				if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
+					return nil, err
+				}
+				if err := os.Symlink(local, target); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			sec, err := r.cfg.Client.CoreV1().Secrets(pod.Namespace).Get(ctx, v.Secret.SecretName, metav1.GetOptions{})
+			if err != nil {
+				return nil, fmt.Errorf("secret volume %s: %w", m.Name, err)
+			}
+			data = sec.Data
 		case v.ConfigMap != nil:
 			cm, err := r.cfg.Client.CoreV1().ConfigMaps(pod.Namespace).Get(ctx, v.ConfigMap.Name, metav1.GetOptions{})
 			if err != nil {
 				return nil, fmt.Errorf("configmap volume %s: %w", m.Name, err)
 			}
-			local := filepath.Join(dir, "volumes", m.Name)
-			if err := os.MkdirAll(local, 0o700); err != nil {
-				return nil, err
-			}
+			data = map[string][]byte{}
 			for k, val := range cm.Data {
-				if err := os.WriteFile(filepath.Join(local, k), []byte(val), 0o600); err != nil {
-					return nil, err
-				}
+				data[k] = []byte(val)
 			}
-			out[m.MountPath] = local
-		case v.EmptyDir != nil:
-			local := filepath.Join(dir, "volumes", m.Name)
-			if err := os.MkdirAll(local, 0o700); err != nil {
-				return nil, err
+			for k, val := range cm.BinaryData {
+				data[k] = val
 			}
-			out[m.MountPath] = local
 		default:
 			return nil, fmt.Errorf("volume %s: only secret, configMap and emptyDir volumes are run here", m.Name)
 		}
+		if err := writeVolume(target, m.SubPath, data); err != nil {
+			return nil, fmt.Errorf("volume %s at %s: %w", m.Name, m.MountPath, err)
+		}
 	}
 	return out, nil
+}
+
+// writeVolume writes a ConfigMap's or Secret's keys as files in dir, or
+// the one key subPath as the file target.
+func writeVolume(target, subPath string, data map[string][]byte) error {
+	if subPath != "" {
+		val, ok := data[subPath]
+		if !ok {
+			return fmt.Errorf("no key %q", subPath)
+		}
+		if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
+			return err
+		}
+		return os.WriteFile(target, val, 0o600)
+	}
+	if err := os.MkdirAll(target, 0o700); err != nil {
+		return err
+	}
+	for k, val := range data {
+		if err := os.WriteFile(filepath.Join(target, filepath.Base(k)), val, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // env resolves the container's environment as the kubelet does, for the
