@@ -105,7 +105,7 @@ func TestKubeRollbackDrill(t *testing.T) {
 	image := "countersign.test/countersign@sha256:" + run.Digest()
 
 	// The control plane acts as its ServiceAccount only.
-	saCfg, _, err := c.ServiceAccountConfig(ctx, ns, "countersign-control")
+	saCfg, saKubeconfig, err := c.ServiceAccountConfig(ctx, ns, "countersign-control")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestKubeRollbackDrill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
+	defer w.Close() // Close is idempotent: the CLI part closes it first
 
 	// v1 known good in both pools; then v2 into the canary at 10%.
 	st0, err := f.Status(ctx)
@@ -167,11 +167,12 @@ func TestKubeRollbackDrill(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The probes may catch v2 before Deploy sets its weight: then the
+	// weight stays at 0, where containment put it.
 	v2, err := w.Deploy(ctx, control.ReleaseSpec{ID: "v2", Pool: control.PoolCanary, Weight: 10, Fault: "invalid-signatures"})
 	if err != nil {
 		t.Fatalf("deploy v2: %v", err)
 	}
-	routeWeights(t, ctx, c, map[string]int{control.PoolStable: 90, control.PoolCanary: 10})
 
 	// Detection and containment: the probes see forged signatures.
 	var inc control.Incident
@@ -250,6 +251,28 @@ func TestKubeRollbackDrill(t *testing.T) {
 	}
 	routeWeights(t, ctx, c, map[string]int{control.PoolStable: 0, control.PoolCanary: 100})
 	t.Logf("run %s: %d steps in %.1fs; canary history %d revisions", runID, len(st.Steps), st.ElapsedSeconds, len(hist))
+
+	// The CLI drives the same cluster with a control plane of its own, as
+	// the ServiceAccount (with the in-cluster one at 0 replicas, as
+	// docs/kubernetes.md says), and its plan lists the API changes.
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cli := []string{"playbook", "plan", "rollback", "--fleet", "kube", "--kubeconfig", saKubeconfig, "--namespace", ns,
+		"--data", dir, "--image", image, "--nats", nats.DefaultURL, "--incident", inc.ID,
+		"--pool-endpoint", "stable=" + eps[control.PoolStable], "--pool-endpoint", "canary=" + eps[control.PoolCanary]}
+	if b, err := c.Kubectl(ctx, "scale", "deployment", "countersign-control", "-n", ns, "--replicas=0"); err != nil {
+		t.Fatalf("scale the in-cluster control plane to 0: %v\n%s", err, b)
+	}
+	out, err := exec.CommandContext(ctx, bin, cli...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("countersign %s: %v\n%s", strings.Join(cli, " "), err, out)
+	}
+	for _, want := range []string{"plan of playbook rollback", "HTTPRoute countersign/countersign spec.rules[0].backendRefs"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("CLI plan lacks %q:\n%s", want, out)
+		}
+	}
 }
 
 // checkRBAC proves the ServiceAccount holds the playbook's verbs and

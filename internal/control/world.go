@@ -159,6 +159,15 @@ type World struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// routeMu orders containment and a deploy's weight change, so a deploy
+	// never raises the weight of a release an alert has just contained;
+	// contained holds such releases until their incident is recorded.
+	routeMu   sync.Mutex
+	contained map[string]bool
+
+	closeOnce sync.Once
+	closeErr  error
+
 	ready   atomic.Bool // Start has finished: /readyz answers 200
 	startMu sync.Mutex  // serialises StartPlaybook
 	mu      sync.Mutex
@@ -505,7 +514,9 @@ func (w *World) deploy(ctx context.Context, spec ReleaseSpec) (fleet.Revision, e
 }
 
 // Deploy ships a release into a pool and sets its weight. Deploying into
-// the canary pool leaves the stable pool at full size.
+// the canary pool leaves the stable pool at full size. A release contained
+// by an alert while it rolled out (or with an open incident) is deployed
+// but keeps the weight containment gave it.
 func (w *World) Deploy(ctx context.Context, spec ReleaseSpec) (fleet.Revision, error) {
 	rev, err := w.deploy(ctx, spec)
 	if err != nil {
@@ -513,6 +524,22 @@ func (w *World) Deploy(ctx context.Context, spec ReleaseSpec) (fleet.Revision, e
 	}
 	if spec.Pool == PoolCanary || spec.Pool == "" {
 		w.checkHealth(ctx)
+		// Under routeMu: an alert on this release may have contained it
+		// while it rolled out; its weight must then stay at 0.
+		w.routeMu.Lock()
+		defer w.routeMu.Unlock()
+		inc, open, err := w.incidents.openFor(ctx, spec.ID)
+		if err != nil {
+			return rev, err
+		}
+		if w.contained[spec.ID] || open {
+			// Deployed, but contained before it took traffic: the weight
+			// stays where containment put it.
+			w.log.Warn("release contained before its weight was set; weight unchanged", "release", spec.ID, "incident", inc.ID, "weight", spec.Weight)
+			w.rec.note(TimelineEntry{Time: w.now(), Kind: "release.contained_before_traffic", Subject: "pool/" + spec.Pool,
+				Details: map[string]any{"release": spec.ID, "weight_asked": spec.Weight, "incident": inc.ID}})
+			return rev, nil
+		}
 		if err := w.router.SetWeights(gateway.WithActor(ctx, "release"), map[string]int{PoolStable: 100 - spec.Weight, PoolCanary: spec.Weight}); err != nil {
 			return rev, err
 		}
@@ -615,6 +642,10 @@ func (w *World) onAlert(a probe.Alert) {
 		w.log.Error("open incident", "err", err)
 		return
 	}
+	// From here the open incident keeps a deploy from raising the weight.
+	w.routeMu.Lock()
+	delete(w.contained, a.Release)
+	w.routeMu.Unlock()
 	w.log.Warn("incident opened", "incident", inc.ID, "classification", inc.Classification, "release", inc.Release, "reason", a.Reason)
 	if !w.cfg.AutoRun {
 		return
@@ -627,6 +658,12 @@ func (w *World) onAlert(a probe.Alert) {
 // contain zeroes the weight of the alerting pool (unless it is the only
 // pool) and turns the maintenance gate on.
 func (w *World) contain(ctx context.Context, a probe.Alert) time.Time {
+	w.routeMu.Lock()
+	defer w.routeMu.Unlock()
+	if w.contained == nil {
+		w.contained = map[string]bool{}
+	}
+	w.contained[a.Release] = true
 	if a.Pool != PoolStable {
 		if err := w.router.SetWeights(ctx, map[string]int{PoolStable: 100, a.Pool: 0}); err != nil {
 			w.log.Error("containment: zero weight", "pool", a.Pool, "err", err)
@@ -695,8 +732,13 @@ func (w *World) Incidents() []Incident {
 }
 
 // Close stops everything: control API, probes, fleet processes (gracefully),
-// gateway, integrator, store.
+// gateway, integrator, store. Later calls return the first call's result.
 func (w *World) Close() error {
+	w.closeOnce.Do(func() { w.closeErr = w.close() })
+	return w.closeErr
+}
+
+func (w *World) close() error {
 	w.ready.Store(false)
 	if w.cfg.WriteEndpoints {
 		os.Remove(filepath.Join(w.cfg.Dir, EndpointsFile))
