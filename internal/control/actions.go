@@ -74,8 +74,13 @@ func str(c playbook.Call, k string) string {
 	}
 }
 
+// actorCtx names who makes a step's changes: the gateway's recorder reads
+// the actor, and backends that annotate what they change (fleet/kube,
+// traffic/httproute) write the incident, run and step on every object.
 func actorCtx(ctx context.Context, c playbook.Call) context.Context {
-	return gateway.WithActor(ctx, "playbook:"+c.RunID+"/"+c.StepID)
+	actor := "playbook:" + c.RunID + "/" + c.StepID
+	ctx = fleet.WithCause(ctx, fleet.Cause{Incident: c.Params["incident"], RunID: c.RunID, Step: c.StepID, Actor: actor})
+	return gateway.WithActor(ctx, actor)
 }
 
 // incidentFor finds the incident a run is about.

@@ -235,6 +235,11 @@ func TestKubeRollbackDrill(t *testing.T) {
 		t.Error("the canary was never drained to 0 pods")
 	}
 
+	// Every change names its incident, run and step on the object.
+	ann := canaryDeployment(t, ctx, c).Annotations
+	if ann["countersign.dev/incident"] != inc.ID || ann["countersign.dev/run-id"] != runID || ann["countersign.dev/step"] == "" {
+		t.Errorf("canary Deployment annotations %v, want incident %s and run %s", ann, inc.ID, runID)
+	}
 	// Rolled back to v1's revision of the canary, as a new revision.
 	hist, err := f.History(ctx, control.PoolCanary)
 	if err != nil {
