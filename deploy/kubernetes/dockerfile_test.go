@@ -214,6 +214,7 @@ func TestDockerfileStages(t *testing.T) {
 	args := map[string]string{}
 	var froms []string
 	var last []instruction // instructions of the final stage
+	var stages [][]instruction
 	for _, in := range ins {
 		switch in.cmd {
 		case "ARG":
@@ -222,12 +223,25 @@ func TestDockerfileStages(t *testing.T) {
 			}
 		case "FROM":
 			froms = append(froms, in.args)
+			if last != nil {
+				stages = append(stages, last)
+			}
 			last = nil
 		}
 		last = append(last, in)
 	}
-	if len(froms) != 2 {
-		t.Fatalf("want a build stage and a runtime stage, got FROM %v", froms)
+	if len(froms) != 3 || !strings.HasSuffix(froms[0], " AS build") || !strings.HasSuffix(froms[1], " AS control") {
+		t.Fatalf("want a build stage, the control stage and the default runtime stage last, got FROM %v", froms)
+	}
+	// The control plane's image carries pg_dump (step 4 on PostgreSQL) and
+	// runs as the same non-root user.
+	var pgClient, controlUser bool
+	for _, in := range stages[len(stages)-1] {
+		pgClient = pgClient || (in.cmd == "RUN" && strings.Contains(in.args, "postgresql-client-${PG_MAJOR}"))
+		controlUser = controlUser || (in.cmd == "USER" && in.args == "65532:65532")
+	}
+	if !pgClient || !controlUser {
+		t.Errorf("control stage: installs postgresql-client=%v, USER 65532:65532=%v; want both", pgClient, controlUser)
 	}
 	goMod, err := os.ReadFile(filepath.Join(repoRoot, "go.mod"))
 	if err != nil {
