@@ -26,27 +26,34 @@ func init() {
 
 // benchReport is what `bench sign --json` prints.
 type benchReport struct {
-	Server        string            `json:"server"`
-	Key           string            `json:"key"`
-	Algorithm     string            `json:"algorithm"`
-	Format        string            `json:"format"`
-	Batch         int               `json:"batch"`
-	Concurrency   int               `json:"concurrency"`
-	DurationS     float64           `json:"duration_s"`
-	Signatures    int64             `json:"signatures"`
-	Failed        int64             `json:"failed"`
-	OpsPerS       float64           `json:"ops_per_s"`
-	P50Ms         float64           `json:"p50_ms"`
-	P99Ms         float64           `json:"p99_ms"`
-	ServerCPUUs   float64           `json:"server_cpu_per_sig_us,omitempty"`
+	Server      string  `json:"server"`
+	Key         string  `json:"key"`
+	Algorithm   string  `json:"algorithm"`
+	Format      string  `json:"format"`
+	Batch       int     `json:"batch"`
+	Concurrency int     `json:"concurrency"`
+	DurationS   float64 `json:"duration_s"`
+	Signatures  int64   `json:"signatures"`
+	Failed      int64   `json:"failed"`
+	OpsPerS     float64 `json:"ops_per_s"`
+	P50Ms       float64 `json:"p50_ms"`
+	P99Ms       float64 `json:"p99_ms"`
+	ServerCPUUs float64 `json:"server_cpu_per_sig_us,omitempty"`
+	// ClientCPUUs is this load generator's own CPU per signature: on a
+	// machine where it shares the cores with the server, what it burns is
+	// not available to the server.
+	ClientCPUUs   float64           `json:"client_cpu_per_sig_us,omitempty"`
 	Limit         bench.CryptoLimit `json:"crypto_limit"`
 	RatioParallel float64           `json:"ratio_to_parallel_limit"`
 	RatioCPU      float64           `json:"server_cpu_ratio_to_crypto,omitempty"`
 	// MeanCommitBatch is the server's mean group-commit batch (signatures
 	// per transaction) during the run, when /metrics reports it.
-	MeanCommitBatch float64           `json:"mean_commit_batch,omitempty"`
-	Machine         map[string]string `json:"machine"`
-	FirstError      string            `json:"first_error,omitempty"`
+	MeanCommitBatch float64 `json:"mean_commit_batch,omitempty"`
+	// Durability is what the server's commits survive, as it reports it:
+	// "sqlite synchronous=FULL", "postgres synchronous_commit=on".
+	Durability string            `json:"durability,omitempty"`
+	Machine    map[string]string `json:"machine"`
+	FirstError string            `json:"first_error,omitempty"`
 }
 
 func runBench(ctx context.Context, env *cliEnv, args []string) error {
@@ -100,6 +107,7 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("warm-up sign: %w", err)
 	}
 	before := scrapeServer(ctx, *server)
+	cpu0, cpuOK := bench.ProcessCPU()
 	var lat bench.Latencies
 	run := fmt.Sprintf("%x", time.Now().UnixNano())
 	ok, failed, firstErr, elapsed := bench.Load(ctx, *conc, *dur, &lat, func(ctx context.Context, w int, seq int64) error {
@@ -124,6 +132,7 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 			client.WithIdempotencyKey(fmt.Sprintf("bench-%s-%d", run, seq)))
 		return err
 	})
+	cpu1, cpuOK1 := bench.ProcessCPU()
 	after := scrapeServer(context.WithoutCancel(ctx), *server)
 	perReq := int64(max(*batch, 1))
 	rep := benchReport{Server: *server, Key: *key, Algorithm: alg, Format: *format, Batch: *batch, Concurrency: *conc,
@@ -134,9 +143,13 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	if firstErr != nil {
 		rep.FirstError = firstErr.Error()
 	}
+	if n := ok * perReq; cpuOK && cpuOK1 && n > 0 {
+		rep.ClientCPUUs = float64(cpu1-cpu0) / float64(time.Microsecond) / float64(n)
+	}
 	if before.ok && after.ok && after.sigs > before.sigs {
 		rep.ServerCPUUs = (after.cpu - before.cpu) / (after.sigs - before.sigs) * 1e6
 	}
+	rep.Durability = after.durability
 	if nb := after.batches - before.batches; nb > 0 {
 		rep.MeanCommitBatch = (after.commits - before.commits) / nb
 	}
@@ -152,6 +165,11 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	w := env.stdout
 	fmt.Fprintf(w, "server        %s (key %s, %s, format %s, batch %d)\n", rep.Server, rep.Key, rep.Algorithm, rep.Format, rep.Batch)
 	fmt.Fprintf(w, "load          %d concurrent clients for %.1fs\n", rep.Concurrency, rep.DurationS)
+	if rep.Durability != "" {
+		fmt.Fprintf(w, "durability    %s (what a 200 had survived)\n", rep.Durability)
+	} else {
+		fmt.Fprintf(w, "durability    not reported by the server\n")
+	}
 	fmt.Fprintf(w, "signatures    %d ok, %d failed\n", rep.Signatures, rep.Failed)
 	fmt.Fprintf(w, "throughput    %.0f signatures/s\n", rep.OpsPerS)
 	fmt.Fprintf(w, "latency       p50 %.2f ms, p99 %.2f ms (per request)\n", rep.P50Ms, rep.P99Ms)
@@ -161,6 +179,9 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 		fmt.Fprintf(w, "server CPU    %.1f µs per durable signature = %.2f× the signature's own CPU\n", rep.ServerCPUUs, rep.RatioCPU)
 	} else {
 		fmt.Fprintf(w, "server CPU    not available (could not read the server's /metrics)\n")
+	}
+	if rep.ClientCPUUs > 0 {
+		fmt.Fprintf(w, "client CPU    %.1f µs per signature in this load generator (same machine)\n", rep.ClientCPUUs)
 	}
 	if rep.MeanCommitBatch > 0 {
 		fmt.Fprintf(w, "group commit  %.1f signatures per transaction (mean)\n", rep.MeanCommitBatch)
@@ -176,6 +197,7 @@ type serverCounters struct {
 	cpu, sigs        float64 // process CPU seconds, committed signatures
 	batches, commits float64 // group-commit transactions and the writes in them
 	ok               bool    // process CPU was found
+	durability       string  // "sqlite synchronous=FULL", ...; "" when not exported
 }
 
 // scrapeServer reads process CPU seconds, committed signatures and the
@@ -214,9 +236,36 @@ func scrapeServer(ctx context.Context, base string) (c serverCounters) {
 			c.batches = v
 		case name == "countersign_commit_writes_total":
 			c.commits = v
+		case strings.HasPrefix(name, "countersign_store_durability_info{"):
+			c.durability = durabilityLabel(name)
 		}
 	}
 	return c
+}
+
+// durabilityLabel renders countersign_store_durability_info's labels:
+// {backend="sqlite",setting="FULL"} gives "sqlite synchronous=FULL".
+func durabilityLabel(series string) string {
+	var backend, setting string
+	_, labels, _ := strings.Cut(strings.TrimSuffix(series, "}"), "{")
+	for _, kv := range strings.Split(labels, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		v, err := strconv.Unquote(v)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "backend":
+			backend = v
+		case "setting":
+			setting = v
+		}
+	}
+	name := map[string]string{"sqlite": "synchronous", "postgres": "synchronous_commit"}[backend]
+	if name == "" {
+		name = "setting"
+	}
+	return backend + " " + name + "=" + setting
 }
 
 func machine() map[string]string {

@@ -67,7 +67,7 @@ func MeasureCryptoLimit(alg keys.Algorithm, d time.Duration) (CryptoLimit, error
 		var firstErr atomic.Value
 		deadline := time.Now().Add(d)
 		var wg sync.WaitGroup
-		cpu0, cpuOK := processCPU()
+		cpu0, cpuOK := ProcessCPU()
 		start := time.Now()
 		for range workers {
 			wg.Add(1)
@@ -84,7 +84,7 @@ func MeasureCryptoLimit(alg keys.Algorithm, d time.Duration) (CryptoLimit, error
 		}
 		wg.Wait()
 		elapsed := time.Since(start)
-		cpu1, cpuOK1 := processCPU()
+		cpu1, cpuOK1 := ProcessCPU()
 		if e, _ := firstErr.Load().(error); e != nil {
 			return 0, 0, e
 		}

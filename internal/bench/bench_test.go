@@ -71,3 +71,25 @@ func TestLoadCountsOutcomes(t *testing.T) {
 		t.Errorf("p50 = %v, want at least the op's 1 ms", l.Quantile(0.5))
 	}
 }
+
+func TestProcessCPU(t *testing.T) {
+	before, ok := ProcessCPU()
+	if !ok {
+		t.Skip("process CPU time is not available on this platform")
+	}
+	// Spin until 20 ms of CPU time have been counted; on a machine shared
+	// with other load that takes longer than 20 ms of wall time, but a
+	// clock that does not advance fails after 5 s.
+	x := uint64(1)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		for range 100000 {
+			x = x*6364136223846793005 + 1442695040888963407 // work the compiler cannot drop
+		}
+		if now, _ := ProcessCPU(); now-before >= 20*time.Millisecond {
+			return
+		}
+	}
+	now, _ := ProcessCPU()
+	t.Errorf("ProcessCPU grew by %v over 5 s of busy work (x=%d), want at least 20 ms", now-before, x)
+}

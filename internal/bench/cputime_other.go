@@ -4,5 +4,5 @@ package bench
 
 import "time"
 
-// processCPU is not available here; the single-core rate stands in.
-func processCPU() (time.Duration, bool) { return 0, false }
+// ProcessCPU is not available here; the single-core rate stands in.
+func ProcessCPU() (time.Duration, bool) { return 0, false }

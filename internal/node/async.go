@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/countersign/countersign/internal/api"
@@ -342,6 +343,23 @@ type jobCtxKey struct{}
 
 func withJob(ctx context.Context, s *Server, j *store.Job) context.Context {
 	return context.WithValue(ctx, jobCtxKey{}, jobRef{s: s, job: j})
+}
+
+// CommitAll forwards a batch request's writes to the group committer when
+// it takes them at once, else makes one Commit per write, concurrently.
+func (c *jobCommitter) CommitAll(ctx context.Context, ws []store.SignatureWrite) ([]store.WriteResult, []error) {
+	if ac, ok := c.inner.(allCommitter); ok {
+		if _, job := ctx.Value(jobCtxKey{}).(jobRef); !job {
+			return ac.CommitAll(ctx, ws)
+		}
+	}
+	rs, errs := make([]store.WriteResult, len(ws)), make([]error, len(ws))
+	var wg sync.WaitGroup
+	for i := range ws {
+		wg.Go(func() { rs[i], errs[i] = c.Commit(ctx, ws[i]) })
+	}
+	wg.Wait()
+	return rs, errs
 }
 
 func (c *jobCommitter) Commit(ctx context.Context, w store.SignatureWrite) (store.WriteResult, error) {

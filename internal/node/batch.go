@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/countersign/countersign/internal/api"
+	"github.com/countersign/countersign/internal/store"
 )
 
 // handleSignBatch signs up to api.MaxBatchItems independent items. Each item
@@ -90,17 +91,7 @@ func (s *Server) signBatch(ctx context.Context, tenant string, items []api.Batch
 		})
 	}
 	wg.Wait()
-	for i := range slots {
-		sl := &slots[i]
-		if sl.p == nil {
-			continue
-		}
-		wg.Go(func() {
-			wr, err := s.cfg.Committer.Commit(ctx, sl.p.w)
-			sl.status, sl.body, sl.err = s.finishSign(ctx, sl.p, wr, err)
-			s.flights.finish(sl.fkey, sl.fl, sl.status, sl.body, sl.err)
-		})
-	}
+	s.commitBatch(ctx, slots, &wg)
 	for i := range slots {
 		if sl := &slots[i]; sl.fl != nil && !sl.leader {
 			sl.status, sl.body, sl.err = s.awaitFlight(ctx, sl.fl, sl.reqHash)
@@ -108,6 +99,48 @@ func (s *Server) signBatch(ctx context.Context, tenant string, items []api.Batch
 	}
 	wg.Wait()
 	return slots
+}
+
+// allCommitter is the optional capability of a Committer to take many
+// writes in one call (store.Committer.CommitAll).
+type allCommitter interface {
+	CommitAll(ctx context.Context, ws []store.SignatureWrite) ([]store.WriteResult, []error)
+}
+
+// commitBatch hands the writes of the slots that have one to the committer
+// at once, on wg, and finishes their flights with the outcomes: with
+// CommitAll in one call, else one Commit per write.
+func (s *Server) commitBatch(ctx context.Context, slots []batchSlot, wg *sync.WaitGroup) {
+	var todo []*batchSlot
+	for i := range slots {
+		if slots[i].p != nil {
+			todo = append(todo, &slots[i])
+		}
+	}
+	finish := func(sl *batchSlot, wr store.WriteResult, err error) {
+		sl.status, sl.body, sl.err = s.finishSign(ctx, sl.p, wr, err)
+		s.flights.finish(sl.fkey, sl.fl, sl.status, sl.body, sl.err)
+	}
+	ac, ok := s.cfg.Committer.(allCommitter)
+	if !ok {
+		for _, sl := range todo {
+			wg.Go(func() {
+				wr, err := s.cfg.Committer.Commit(ctx, sl.p.w)
+				finish(sl, wr, err)
+			})
+		}
+		return
+	}
+	wg.Go(func() {
+		ws := make([]store.SignatureWrite, len(todo))
+		for i, sl := range todo {
+			ws[i] = sl.p.w
+		}
+		rs, errs := ac.CommitAll(ctx, ws)
+		for i, sl := range todo {
+			finish(sl, rs[i], errs[i])
+		}
+	})
 }
 
 // prepareBatchItem joins the item's flight and, leading it, signs the item;

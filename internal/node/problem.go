@@ -73,10 +73,19 @@ func writeProblem(w http.ResponseWriter, p *api.Problem) {
 	w.Write(b)
 }
 
+// Header values every JSON answer carries, allocated once: Header.Set
+// would allocate a one-element slice per header per response. The slices
+// are full (len == cap), so a handler's Header.Add copies rather than
+// writing into them, and net/http only reads them.
+var (
+	hdrJSON    = []string{"application/json"}
+	hdrNoStore = []string{"no-store"}
+)
+
 func writeJSON(w http.ResponseWriter, status int, body []byte) {
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
+	h["Content-Type"] = hdrJSON
+	h["Cache-Control"] = hdrNoStore
 	w.WriteHeader(status)
 	w.Write(body)
 }

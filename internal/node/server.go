@@ -71,10 +71,19 @@ type Config struct {
 	// Extra handlers mounted on the same mux (e.g. the audit log read API
 	// under /v1/audit/). Keys are mux patterns.
 	Extra map[string]http.Handler
+	// Durability is what a commit survives, as the store reports it
+	// (store.DurabilityReporter); it is exported on /metrics as
+	// countersign_store_durability_info so benchmarks say what they
+	// measured. Zero when unknown.
+	Durability Durability
 
 	Logger *slog.Logger
 	Now    func() time.Time
 }
+
+// Durability is a store's backend and its durability setting, e.g.
+// {"sqlite", "FULL"} or {"postgres", "on"}.
+type Durability struct{ Backend, Setting string }
 
 // Server is the signing HTTP API.
 type Server struct {
@@ -86,6 +95,8 @@ type Server struct {
 	flights flights
 	metrics *metrics
 	mux     *http.ServeMux
+
+	hdrRelease, hdrInstance []string // header values, allocated once
 }
 
 // New validates cfg and builds a Server.
@@ -125,7 +136,11 @@ func New(cfg Config) (*Server, error) {
 		mux:     http.NewServeMux(),
 	}
 	s.flights.m = make(map[string]*flight)
+	s.hdrRelease, s.hdrInstance = []string{cfg.Release}, []string{cfg.Instance}
 	s.metrics.watchCommitter(cfg.Committer)
+	if cfg.Durability.Backend != "" {
+		s.metrics.durability(cfg.Durability)
+	}
 	if cfg.Faults != nil {
 		s.log.Warn("DRILL FAULTS ENABLED: this node misbehaves on purpose", slog.String("scenario", cfg.Faults.Scenario))
 	}
@@ -159,8 +174,9 @@ func (s *Server) routes() {
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("X-Countersign-Release", s.cfg.Release)
-	w.Header().Set("X-Countersign-Instance", s.cfg.Instance)
+	h := w.Header()
+	h["X-Countersign-Release"] = s.hdrRelease // see hdrJSON
+	h["X-Countersign-Instance"] = s.hdrInstance
 	s.mux.ServeHTTP(w, r)
 }
 
@@ -168,6 +184,7 @@ type tenantKey struct{}
 
 // authed wraps a handler with bearer-token authentication and metrics.
 func (s *Server) authed(route string, h func(w http.ResponseWriter, r *http.Request, tenant string) error) http.Handler {
+	obs := s.metrics.route(route)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
@@ -175,7 +192,7 @@ func (s *Server) authed(route string, h func(w http.ResponseWriter, r *http.Requ
 		if err != nil {
 			s.writeError(rec, r, err)
 		}
-		s.metrics.observe(route, rec.status, time.Since(start))
+		obs.observe(rec.status, time.Since(start))
 	})
 }
 

@@ -32,7 +32,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, tenant strin
 		return err
 	}
 	var req api.SignRequest
-	if err := decodeStrict(body, &req); err != nil {
+	if err := decodeSignRequest(body, &req); err != nil {
 		return err
 	}
 	status, resp, err := s.signIdempotent(r.Context(), tenant, idem, &req)

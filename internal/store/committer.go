@@ -61,9 +61,10 @@ func (s CommitterStats) MeanBatch() float64 {
 // Committer is group commit for signatures: concurrent callers queue
 // writes, and one writer goroutine commits everything queued since its
 // previous commit (up to MaxBatch) in one CommitSignatures transaction, so
-// a durable commit's fsync is paid once per batch, not once per signature.
-// There is no timer: an idle writer commits a lone write at once, and
-// batches form while a commit is in flight.
+// a durable commit's fsync, and the transaction's fixed costs, are paid
+// once per batch, not once per signature. There is no timer: an idle
+// writer commits a lone write at once, and batches form while a commit is
+// in flight (docs/benchmarks.md says why a commit delay was not kept).
 //
 // Invariant: a write handed to the writer is committed exactly once (or
 // fails as a whole) whatever happens to its caller's context; Close commits
@@ -88,7 +89,9 @@ type Committer struct {
 
 type pendingWrite struct {
 	w   SignatureWrite
-	res chan writeOutcome // buffered 1: the writer never blocks on it
+	res chan writeOutcome // Commit's: buffered 1, the writer never blocks on it
+	grp *writeGroup       // CommitAll's: the outcome goes to grp's slot i
+	i   int
 }
 
 type writeOutcome struct {
@@ -217,11 +220,11 @@ func (c *Committer) commit(batch []*pendingWrite) {
 	for i, p := range batch {
 		if err != nil {
 			c.failed.Add(1)
-			p.res <- writeOutcome{err: err}
+			p.deliver(writeOutcome{err: err})
 			continue
 		}
 		c.writes.Add(1)
-		p.res <- writeOutcome{r: rs[i]}
+		p.deliver(writeOutcome{r: rs[i]})
 	}
 }
 

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -30,6 +31,29 @@ const (
 	SyncNormal = "NORMAL"
 )
 
+// DurabilityReporter is implemented by backends that can say what a
+// committed write survives, so that a node and its benchmark report the
+// mode they ran in.
+type DurabilityReporter interface {
+	// Durability returns the backend ("sqlite", "postgres") and its
+	// durability setting as the database reports it ("FULL" or "NORMAL"
+	// for SQLite's synchronous pragma, "on", "off", ... for PostgreSQL's
+	// synchronous_commit).
+	Durability(ctx context.Context) (backend, setting string, err error)
+}
+
+// AuditEntryReader is implemented by backends that can read the audit
+// log's leaves alone: the Merkle integrator and fork checks need only the
+// canonical entries, and reading the eight other columns of every event
+// (AuditEvents) is most of their cost.
+type AuditEntryReader interface {
+	// AuditEntries returns the entries of the events with Index in
+	// [from, from+n), ascending: entry i is event from+i's. It stops at
+	// the first index that has no event, so fewer than n means the log
+	// ends (or has a gap) there.
+	AuditEntries(ctx context.Context, from, n int64) ([][]byte, error)
+}
+
 // Options configures how a backend opens a database. The zero value is
 // valid: no migration, the default schema range, durable commits.
 type Options struct {
@@ -41,7 +65,8 @@ type Options struct {
 	SchemaMin, SchemaMax int
 	// Synchronous is SQLite's synchronous pragma: SyncFull (default) or
 	// SyncNormal. PostgreSQL ignores it (its durability is the server's
-	// synchronous_commit setting, on by default).
+	// synchronous_commit setting, on by default). A SQLite store URL sets
+	// it with "?synchronous=NORMAL" (package db).
 	Synchronous string
 	// BusyTimeout is how long a SQLite writer waits for another process's
 	// write lock before failing (default 10 s).

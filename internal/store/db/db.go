@@ -2,6 +2,11 @@
 // "sqlite:/path/file.db" or a plain path selects SQLite, "postgres://" or
 // "postgresql://" selects PostgreSQL.
 //
+// A SQLite URL may end in "?synchronous=NORMAL" (or FULL, the default):
+// NORMAL skips the fsync of every commit, so a committed signature survives
+// a crash of the process but not a power loss. It is never the default; a
+// node logs the mode it runs in and exports it on /metrics.
+//
 // Invariant: a URL never reaches a log or an error with its password;
 // Redact is how callers print one.
 package db
@@ -32,12 +37,42 @@ func Open(ctx context.Context, rawURL string, opts store.Options) (store.Store, 
 		}
 		return s, nil
 	default:
-		s, err := sqlite.Open(ctx, target, opts)
+		path, err := sqliteOptions(target, &opts)
+		if err != nil {
+			return nil, fmt.Errorf("store %s: %w", rawURL, err)
+		}
+		s, err := sqlite.Open(ctx, path, opts)
 		if err != nil {
 			return nil, fmt.Errorf("store %s: %w", rawURL, err)
 		}
 		return s, nil
 	}
+}
+
+// sqliteOptions splits a SQLite target into the file path and its options
+// query, applying the options to opts. The only option is synchronous
+// (FULL or NORMAL), which overrides opts.Synchronous.
+func sqliteOptions(target string, opts *store.Options) (string, error) {
+	path, query, ok := strings.Cut(target, "?")
+	if !ok {
+		return path, nil
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return "", fmt.Errorf("store: sqlite options %q: %w", query, err)
+	}
+	for k, vs := range q {
+		if k != "synchronous" || len(vs) != 1 {
+			return "", fmt.Errorf("store: sqlite option %q: the only option is synchronous=FULL|NORMAL, once", k)
+		}
+		switch v := strings.ToUpper(vs[0]); v {
+		case store.SyncFull, store.SyncNormal:
+			opts.Synchronous = v
+		default:
+			return "", fmt.Errorf("store: sqlite synchronous=%q: want FULL or NORMAL", vs[0])
+		}
+	}
+	return path, nil
 }
 
 // Backend kinds returned by Parse.
@@ -47,7 +82,8 @@ const (
 )
 
 // Parse returns the backend kind of rawURL and what its Open takes: the
-// file path for SQLite, the URL itself for PostgreSQL.
+// file path for SQLite (with its options query, if any), the URL itself for
+// PostgreSQL.
 func Parse(rawURL string) (kind, target string, err error) {
 	switch {
 	case rawURL == "":

@@ -91,3 +91,34 @@ func TestOpenPostgres(t *testing.T) {
 		t.Fatalf("Open: %v, want a SchemaError", err)
 	}
 }
+
+func TestSQLiteSynchronousOption(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ query, want string }{
+		{"", store.SyncFull},
+		{"?synchronous=NORMAL", store.SyncNormal},
+		{"?synchronous=normal", store.SyncNormal},
+		{"?synchronous=FULL", store.SyncFull},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			s, err := Open(t.Context(), "sqlite:"+filepath.Join(dir, "cs.db")+tc.query, store.Options{Migrate: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			backend, setting, err := s.(store.DurabilityReporter).Durability(t.Context())
+			if err != nil || backend != "sqlite" || setting != tc.want {
+				t.Errorf("Durability = %q, %q, %v; want sqlite, %s", backend, setting, err, tc.want)
+			}
+		})
+	}
+	for _, bad := range []string{"?synchronous=OFF", "?synchronous=FULL&synchronous=NORMAL", "?journal_mode=DELETE", "?%zz"} {
+		if s, err := Open(t.Context(), "sqlite:"+filepath.Join(dir, "cs.db")+bad, store.Options{}); err == nil {
+			s.Close()
+			t.Errorf("Open with %q succeeded, want an error", bad)
+		}
+	}
+	if _, target, err := Parse("sqlite:data/cs.db?synchronous=NORMAL"); err != nil || target != "data/cs.db?synchronous=NORMAL" {
+		t.Errorf("Parse kept %q, %v; want the options with the path", target, err)
+	}
+}

@@ -14,37 +14,46 @@ import (
 // A key held by an unsigned async job fails the batch with
 // store.ErrIdempotencyTaken (the Committer retries the others one by one).
 //
-// Under the audit head lock it loads, in one query, the signatures that
-// already hold any of the batch's idempotency keys (no other writer can add
-// one until this transaction ends), settles in-batch duplicates in Go, then
-// inserts the new signatures and their events with one multi-row statement
-// each: a constant number of round trips per batch.
+// It costs four round trips whatever the batch size: BEGIN; one pipeline
+// that takes the audit head lock and then (the statements of a pipeline run
+// in order, so under the lock: no other writer can add a key until this
+// transaction ends) loads the signatures and jobs already holding the
+// batch's idempotency keys; in-batch duplicates are settled in Go; one
+// pipeline with the inserts (sigruns.go) and the head's advance; COMMIT.
 func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite) ([]store.WriteResult, error) {
 	res := make([]store.WriteResult, len(ws))
 	if len(ws) == 0 {
 		return res, nil
 	}
-	err := s.write(ctx, func(tx pgx.Tx, next int64) (int64, error) {
-		existing, err := existingSignatures(ctx, tx, ws)
-		if err != nil {
-			return 0, err
+	tenants := make([]string, len(ws))
+	keys := make([]string, len(ws))
+	for i := range ws {
+		tenants[i], keys[i] = ws[i].Signature.TenantID, ws[i].Signature.IdempotencyKey
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		clear(res)
+		b := &pgx.Batch{}
+		b.Queue(`SELECT next FROM audit_head FOR UPDATE`)
+		b.Queue(existingSignaturesSQL, tenants, keys)
+		b.Queue(jobKeysSQL, tenants, keys)
+		br := tx.SendBatch(ctx, b)
+		next, existing, jobs, err := readLookups(br)
+		if cerr := br.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("postgres: look up idempotency keys: %w", cerr)
 		}
-		jobs, err := jobKeys(ctx, tx, ws)
 		if err != nil {
-			return 0, err
+			return err
 		}
-		var sa sigArgs
-		var ea eventArgs
+		rows := make([]newRow, 0, len(ws))
 		firstInBatch := make(map[idemKey]int, len(ws))
-		n := int64(0)
-		for i, w := range ws {
-			k := idemKey{w.Signature.TenantID, w.Signature.IdempotencyKey}
+		for i := range ws {
+			k := idemKey{tenants[i], keys[i]}
 			if ex, ok := existing[k]; ok {
 				res[i] = store.WriteResult{Existing: &ex}
 				continue
 			}
 			if jobID, ok := jobs[k]; ok {
-				return 0, store.TakenByJobError(k.tenant, k.key, jobID)
+				return store.TakenByJobError(k.tenant, k.key, jobID)
 			}
 			if j, ok := firstInBatch[k]; ok {
 				ex := ws[j].Signature
@@ -54,37 +63,17 @@ func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite)
 				continue
 			}
 			firstInBatch[k] = i
-			idx := next + n
-			sa.add(w.Signature, idx)
-			if err := ea.add(idx, w.Event); err != nil {
-				return 0, err
+			if len(ws[i].Event.Entry) == 0 {
+				return fmt.Errorf("postgres: audit event %q has no entry", ws[i].Event.Type)
 			}
+			idx := next + int64(len(rows))
+			rows = append(rows, newRow{&ws[i], idx})
 			res[i] = store.WriteResult{AuditIndex: idx}
-			n++
 		}
-		if n == 0 {
-			return 0, nil
+		if len(rows) == 0 {
+			return nil
 		}
-		b := &pgx.Batch{}
-		b.Queue(insertSignaturesSQL, sa.args()...)
-		b.Queue(insertEventsSQL, ea.args()...)
-		br := tx.SendBatch(ctx, b)
-		tag, err := br.Exec()
-		if err == nil && tag.RowsAffected() != n {
-			err = fmt.Errorf("inserted %d signatures, expected %d (a writer bypassed the audit head lock)", tag.RowsAffected(), n)
-		}
-		if err != nil {
-			br.Close()
-			return 0, fmt.Errorf("postgres: insert signatures: %w", err)
-		}
-		if _, err := br.Exec(); err != nil {
-			br.Close()
-			return 0, fmt.Errorf("postgres: insert audit events: %w", err)
-		}
-		if err := br.Close(); err != nil {
-			return 0, fmt.Errorf("postgres: commit batch: %w", err)
-		}
-		return n, nil
+		return insertRows(ctx, tx, rows, next+int64(len(rows)))
 	})
 	if err != nil {
 		return nil, err
@@ -94,58 +83,54 @@ func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite)
 
 type idemKey struct{ tenant, key string }
 
-func existingSignatures(ctx context.Context, tx pgx.Tx, ws []store.SignatureWrite) (map[idemKey]store.Signature, error) {
-	tenants := make([]string, len(ws))
-	keys := make([]string, len(ws))
-	for i, w := range ws {
-		tenants[i], keys[i] = w.Signature.TenantID, w.Signature.IdempotencyKey
+const (
+	existingSignaturesSQL = selectSignatureSQL + ` WHERE (tenant_id, idempotency_key) IN
+		(SELECT * FROM unnest($1::text[], $2::text[]))`
+	jobKeysSQL = `SELECT tenant_id, idempotency_key, id FROM jobs WHERE (tenant_id, idempotency_key) IN
+		(SELECT * FROM unnest($1::text[], $2::text[]))`
+)
+
+// readLookups reads the results of CommitSignatures' first pipeline: the
+// next audit index, the signatures and the jobs holding the keys.
+func readLookups(br pgx.BatchResults) (next int64, existing map[idemKey]store.Signature, jobs map[idemKey]string, err error) {
+	if err := br.QueryRow().Scan(&next); err != nil {
+		return 0, nil, nil, fmt.Errorf("postgres: lock audit head: %w", err)
 	}
-	rows, err := tx.Query(ctx, selectSignatureSQL+` WHERE (tenant_id, idempotency_key) IN
-		(SELECT * FROM unnest($1::text[], $2::text[]))`, tenants, keys)
+	rows, err := br.Query()
 	if err != nil {
-		return nil, fmt.Errorf("postgres: look up idempotency keys: %w", err)
+		return 0, nil, nil, fmt.Errorf("postgres: look up idempotency keys: %w", err)
 	}
-	defer rows.Close()
-	out := make(map[idemKey]store.Signature)
+	existing = make(map[idemKey]store.Signature)
 	for rows.Next() {
 		sg, err := scanSignature(rows)
 		if err != nil {
-			return nil, fmt.Errorf("postgres: look up idempotency keys: %w", err)
+			rows.Close()
+			return 0, nil, nil, fmt.Errorf("postgres: look up idempotency keys: %w", err)
 		}
-		out[idemKey{sg.TenantID, sg.IdempotencyKey}] = sg
+		existing[idemKey{sg.TenantID, sg.IdempotencyKey}] = sg
 	}
+	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: look up idempotency keys: %w", err)
+		return 0, nil, nil, fmt.Errorf("postgres: look up idempotency keys: %w", err)
 	}
-	return out, nil
-}
-
-// jobKeys returns the jobs holding any of the batch's keys, by key.
-func jobKeys(ctx context.Context, tx pgx.Tx, ws []store.SignatureWrite) (map[idemKey]string, error) {
-	tenants := make([]string, len(ws))
-	keys := make([]string, len(ws))
-	for i, w := range ws {
-		tenants[i], keys[i] = w.Signature.TenantID, w.Signature.IdempotencyKey
+	if rows, err = br.Query(); err != nil {
+		return 0, nil, nil, fmt.Errorf("postgres: look up job idempotency keys: %w", err)
 	}
-	rows, err := tx.Query(ctx, `SELECT tenant_id, idempotency_key, id FROM jobs WHERE (tenant_id, idempotency_key) IN
-		(SELECT * FROM unnest($1::text[], $2::text[]))`, tenants, keys)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: look up job idempotency keys: %w", err)
-	}
-	defer rows.Close()
-	out := make(map[idemKey]string)
+	jobs = make(map[idemKey]string)
 	for rows.Next() {
 		var k idemKey
 		var id string
 		if err := rows.Scan(&k.tenant, &k.key, &id); err != nil {
-			return nil, fmt.Errorf("postgres: look up job idempotency keys: %w", err)
+			rows.Close()
+			return 0, nil, nil, fmt.Errorf("postgres: look up job idempotency keys: %w", err)
 		}
-		out[k] = id
+		jobs[k] = id
 	}
+	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: look up job idempotency keys: %w", err)
+		return 0, nil, nil, fmt.Errorf("postgres: look up job idempotency keys: %w", err)
 	}
-	return out, nil
+	return next, existing, jobs, nil
 }
 
 // sigArgs is the column-wise form of signatures for insertSignaturesSQL.

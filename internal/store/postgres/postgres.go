@@ -86,6 +86,16 @@ func (s *Store) Ping(ctx context.Context) error {
 // Pool exposes the connection pool for tests and operator tooling.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
+// Durability reports "postgres" and the server's synchronous_commit for
+// this connection ("on": a commit is flushed to the server's disk before
+// it returns). It implements store.DurabilityReporter.
+func (s *Store) Durability(ctx context.Context) (backend, setting string, err error) {
+	if err := s.pool.QueryRow(ctx, "SHOW synchronous_commit").Scan(&setting); err != nil {
+		return "", "", fmt.Errorf("postgres: read synchronous_commit: %w", err)
+	}
+	return "postgres", setting, nil
+}
+
 // SchemaVersion reports the highest applied migration.
 func (s *Store) SchemaVersion(ctx context.Context) (int, error) { return migrator{s}.Version(ctx) }
 

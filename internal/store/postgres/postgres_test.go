@@ -196,3 +196,11 @@ func TestTwoPools(t *testing.T) {
 		}
 	}
 }
+
+func TestDurability(t *testing.T) {
+	s := openTest(t, store.Options{Migrate: true})
+	backend, setting, err := s.Durability(t.Context())
+	if err != nil || backend != "postgres" || setting == "" {
+		t.Errorf("Durability = %q, %q, %v; want postgres and the server's synchronous_commit", backend, setting, err)
+	}
+}

@@ -47,7 +47,11 @@ func (s *Store) CreateJobs(ctx context.Context, cs []store.JobCreate) ([]store.J
 func (s *Store) WriteJobs(ctx context.Context, cs []store.JobCreate, ps []store.JobCompletion) ([]store.JobCreateResult, []store.JobCompleteResult, error) {
 	cres := make([]store.JobCreateResult, len(cs))
 	pres := make([]store.JobCompleteResult, len(ps))
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	ctx, err := txContext(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	err = s.write(ctx, func(tx *sql.Tx) error {
 		clear(cres)
 		clear(pres)
 		next, err := s.nextIndex(ctx, tx)

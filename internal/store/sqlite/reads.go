@@ -194,6 +194,32 @@ func (s *Store) AuditEvents(ctx context.Context, from, n int64) ([]store.AuditEv
 	return out, nil
 }
 
+// AuditEntries returns the entries of events [from, from+n); see
+// store.AuditEntryReader.
+func (s *Store) AuditEntries(ctx context.Context, from, n int64) ([][]byte, error) {
+	rows, err := s.query(ctx, `SELECT idx, entry FROM audit_events WHERE idx >= ? AND idx < ? ORDER BY idx`, from, from+n)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read audit entries: %w", err)
+	}
+	defer rows.Close()
+	out := make([][]byte, 0, min(n, 4096))
+	for rows.Next() {
+		var idx int64
+		var entry []byte
+		if err := rows.Scan(&idx, &entry); err != nil {
+			return nil, fmt.Errorf("sqlite: read audit entries: %w", err)
+		}
+		if idx != from+int64(len(out)) {
+			break // a gap: the caller sees a short read
+		}
+		out = append(out, entry)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read audit entries: %w", err)
+	}
+	return out, nil
+}
+
 // TreeHashes returns the hashes at indexes, in the order asked.
 func (s *Store) TreeHashes(ctx context.Context, indexes []int64) ([][32]byte, error) {
 	if len(indexes) == 0 {

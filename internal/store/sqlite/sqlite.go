@@ -125,6 +125,22 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
+// Durability reports "sqlite" and the synchronous mode commits run under,
+// as the database reports it: FULL (a commit survives power loss) or NORMAL
+// (it survives a crash of the process, but the last commits may be lost
+// on power loss). It implements store.DurabilityReporter.
+func (s *Store) Durability(ctx context.Context) (backend, setting string, err error) {
+	var n int
+	if err := s.queryRow(ctx, "PRAGMA synchronous").Scan(&n); err != nil {
+		return "", "", fmt.Errorf("sqlite: read synchronous: %w", err)
+	}
+	names := map[int]string{0: "OFF", 1: store.SyncNormal, 2: store.SyncFull, 3: "EXTRA"}
+	if name, ok := names[n]; ok {
+		return "sqlite", name, nil
+	}
+	return "sqlite", fmt.Sprint(n), nil
+}
+
 // SchemaVersion reports the highest applied migration.
 func (s *Store) SchemaVersion(ctx context.Context) (int, error) { return migrator{s}.Version(ctx) }
 
@@ -173,6 +189,22 @@ func (m migrator) Apply(ctx context.Context, mig store.Migration) error {
 			mig.Version, mig.Name, time.Now().UnixMicro())
 		return err
 	})
+}
+
+// txContext is the context the hot write paths (group commit, event
+// appends, tree hashes) run their transaction under: ctx's values without
+// its cancellation, once ctx is checked to be live. Under a cancellable
+// context the driver starts a watcher goroutine (and installs a progress
+// handler) for every statement, and database/sql one more goroutine per
+// transaction: goroutine starts and wake-ups on every group commit, for a
+// cancellation nothing here needs. Such a transaction is short, and waits
+// for another process's lock at most BusyTimeout, so it runs to its end
+// once begun.
+func txContext(ctx context.Context) (context.Context, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return context.WithoutCancel(ctx), nil
 }
 
 // write runs fn in one IMMEDIATE transaction and commits it.

@@ -178,7 +178,8 @@ func (s *Store) SetSetting(ctx context.Context, name, value string, ev store.Aud
 // Under the write lock it loads the signatures and jobs that already hold
 // the batch's idempotency keys (nobody can add one until it commits),
 // settles in-batch duplicates in Go, then inserts the new signatures and
-// their events with multi-row statements. A key held by an unsigned async
+// their events with multi-row statements that bind the columns a run of
+// rows shares once (sigrows.go). A key held by an unsigned async
 // job fails the batch with store.ErrIdempotencyTaken (the Committer then
 // retries the other writes one by one).
 func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite) ([]store.WriteResult, error) {
@@ -186,7 +187,11 @@ func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite)
 	if len(ws) == 0 {
 		return res, nil
 	}
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	ctx, err := txContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	err = s.write(ctx, func(tx *sql.Tx) error {
 		next, err := s.nextIndex(ctx, tx)
 		if err != nil {
 			return err
@@ -203,10 +208,9 @@ func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite)
 		if err != nil {
 			return err
 		}
-		sigRows := make([][]any, 0, len(ws))
-		evRows := make([][]any, 0, len(ws))
+		rows := make([]newRow, 0, len(ws))
 		firstInBatch := make(map[idemKey]int, len(ws))
-		for i, w := range ws {
+		for i := range ws {
 			k := keys[i]
 			if ex, ok := existing[k]; ok {
 				res[i] = store.WriteResult{Existing: &ex}
@@ -223,19 +227,11 @@ func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite)
 				continue
 			}
 			firstInBatch[k] = i
-			ev, err := eventRow(next, w.Event)
-			if err != nil {
-				return err
-			}
-			sigRows = append(sigRows, sigRow(w.Signature, next))
-			evRows = append(evRows, ev)
+			rows = append(rows, newRow{&ws[i], next})
 			res[i] = store.WriteResult{AuditIndex: next}
 			next++
 		}
-		if err := s.execRows(ctx, tx, "signatures", insertSignaturesHead, sigCols, maxSigRows, "", sigRows); err != nil {
-			return err
-		}
-		return s.execRows(ctx, tx, "audit events", insertEventsHead, eventCols, maxEventRows, "", evRows)
+		return s.insertNewRows(ctx, tx, rows) // sigrows.go
 	})
 	if err != nil {
 		return nil, err
@@ -330,7 +326,11 @@ func (s *Store) jobKeys(ctx context.Context, tx *sql.Tx, keys []idemKey) (map[id
 func (s *Store) AppendEvents(ctx context.Context, evs []store.AuditEvent) ([]int64, error) {
 	idxs := make([]int64, len(evs))
 	rows := make([][]any, len(evs))
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	ctx, err := txContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	err = s.write(ctx, func(tx *sql.Tx) error {
 		next, err := s.nextIndex(ctx, tx)
 		if err != nil {
 			return err
@@ -351,6 +351,10 @@ func (s *Store) AppendEvents(ctx context.Context, evs []store.AuditEvent) ([]int
 
 // PutTreeHashes records Merkle hashes and the new integrated size together.
 func (s *Store) PutTreeHashes(ctx context.Context, treeSize int64, hashes []store.IndexedHash) error {
+	ctx, err := txContext(ctx)
+	if err != nil {
+		return err
+	}
 	return s.write(ctx, func(tx *sql.Tx) error {
 		var cur int64
 		if err := s.txQueryRow(ctx, tx, `SELECT size FROM tree_state WHERE id = 1`).Scan(&cur); err != nil {

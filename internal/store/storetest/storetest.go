@@ -53,6 +53,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"PlaybookEngine", testPlaybookEngine},
 		{"Incidents", testIncidents},
 		{"LargeBatch", testLargeBatch},
+		{"MixedRuns", testMixedRuns},
+		{"AuditEntries", testAuditEntries},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })

@@ -1,0 +1,113 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/countersign/countersign/internal/store"
+)
+
+// A group commit's rows mostly agree on half their columns (one node, one
+// tenant, one key). Consecutive rows that agree on them (a run) are
+// inserted with statements that send the shared values once, as scalar
+// parameters, and only the varying ones as arrays: encoding arrays is the
+// driver's main cost per row (8 arrays instead of 18 per signature
+// statement, 4 instead of 9 per event statement).
+
+// runShared are the signature and event columns a run shares.
+type runShared struct {
+	tenant, keyName                     string
+	keyVersion                          int
+	format, alg, algOID, digAlg, digOID string
+	release, instance                   string
+	evType, evActor, evTenant           string
+	evRelease, evInstance               string
+}
+
+func sharedOf(w *store.SignatureWrite) runShared {
+	s, e := &w.Signature, &w.Event
+	return runShared{s.TenantID, s.KeyName, s.KeyVersion, s.Format, s.Algorithm, s.AlgorithmOID, s.DigestAlgorithm,
+		s.DigestOID, s.Release, s.Instance, e.Type, e.Actor, e.TenantID, e.Release, e.Instance}
+}
+
+const insertSigRunSQL = `INSERT INTO signatures (` + sigColumns + `)
+	SELECT u.id, $1::text, u.idem, u.rh, $2::text, $3::int4, $4::text, $5::text, $6::text, $7::text, $8::text,
+		u.dd, u.docid, u.sig, $9::text, $10::text, u.ai, u.sa
+	FROM unnest($11::text[], $12::text[], $13::bytea[], $14::bytea[], $15::text[], $16::bytea[], $17::int8[], $18::timestamptz[])
+		AS u(id, idem, rh, dd, docid, sig, ai, sa)
+	ON CONFLICT (tenant_id, idempotency_key) DO NOTHING`
+
+const insertEvRunSQL = `INSERT INTO audit_events (idx, time, type, actor, tenant_id, release, instance, subject, entry)
+	SELECT u.idx, u.t, $1::text, $2::text, $3::text, $4::text, $5::text, u.subject, u.entry
+	FROM unnest($6::int8[], $7::timestamptz[], $8::text[], $9::bytea[]) AS u(idx, t, subject, entry)`
+
+// newRow is a signature to insert at an audit index.
+type newRow struct {
+	w   *store.SignatureWrite
+	idx int64
+}
+
+// insertRows inserts rows (in audit index order) run by run and moves the
+// audit head to next, in one pipeline.
+func insertRows(ctx context.Context, tx pgx.Tx, rows []newRow, next int64) error {
+	b := &pgx.Batch{}
+	var runs []int
+	for rest := rows; len(rest) > 0; {
+		sh := sharedOf(rest[0].w)
+		n := 1
+		for n < len(rest) && sharedOf(rest[n].w) == sh {
+			n++
+		}
+		queueRun(b, &sh, rest[:n])
+		runs = append(runs, n)
+		rest = rest[n:]
+	}
+	b.Queue(`UPDATE audit_head SET next = $1`, next)
+	br := tx.SendBatch(ctx, b)
+	err := func() error {
+		for _, n := range runs {
+			tag, err := br.Exec()
+			if err == nil && tag.RowsAffected() != int64(n) {
+				err = fmt.Errorf("inserted %d signatures, expected %d (a writer bypassed the audit head lock)", tag.RowsAffected(), n)
+			}
+			if err != nil {
+				return fmt.Errorf("postgres: insert signatures: %w", err)
+			}
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("postgres: insert audit events: %w", err)
+			}
+		}
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("postgres: advance audit head: %w", err)
+		}
+		return nil
+	}()
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("postgres: commit batch: %w", cerr)
+	}
+	return err
+}
+
+// queueRun queues the two inserts of a run sharing sh.
+func queueRun(b *pgx.Batch, sh *runShared, run []newRow) {
+	n := len(run)
+	ids, idems, docIDs := make([]string, n), make([]string, n), make([]string, n)
+	rhs, dds, sigs := make([][]byte, n), make([][]byte, n), make([][]byte, n)
+	idxs := make([]int64, n)
+	ats, evAts := make([]time.Time, n), make([]time.Time, n)
+	subjects := make([]string, n)
+	entries := make([][]byte, n)
+	for i, r := range run {
+		sg, ev := &r.w.Signature, &r.w.Event
+		ids[i], idems[i], docIDs[i] = sg.ID, sg.IdempotencyKey, sg.DocumentID
+		rhs[i], dds[i], sigs[i] = nz(sg.RequestHash), nz(sg.DocumentDigest), nz(sg.Signature)
+		idxs[i], ats[i] = r.idx, micros(sg.SignedAt)
+		evAts[i], subjects[i], entries[i] = micros(ev.Time), ev.Subject, ev.Entry
+	}
+	b.Queue(insertSigRunSQL, sh.tenant, sh.keyName, int32(sh.keyVersion), sh.format, sh.alg, sh.algOID, sh.digAlg, sh.digOID,
+		sh.release, sh.instance, ids, idems, rhs, dds, docIDs, sigs, idxs, ats)
+	b.Queue(insertEvRunSQL, sh.evType, sh.evActor, sh.evTenant, sh.evRelease, sh.evInstance, idxs, evAts, subjects, entries)
+}
