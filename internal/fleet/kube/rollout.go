@@ -64,6 +64,7 @@ func (f *Fleet) waitRollout(ctx context.Context, dep *appsv1.Deployment, token s
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.ReadyTimeout)
 	defer cancel()
 	var rs *appsv1.ReplicaSet
+	last := "" // the last progress read, kept when the deadline cuts a read short
 	for {
 		r, progress, err := f.rolloutStep(ctx, dep.Name, dep.Generation, token)
 		if r != nil {
@@ -72,11 +73,14 @@ func (f *Fleet) waitRollout(ctx context.Context, dep *appsv1.Deployment, token s
 		if err == nil && progress == "" {
 			return rs, nil
 		}
-		if err != nil {
-			progress = err.Error()
+		switch {
+		case err == nil:
+			last = progress
+		case ctx.Err() == nil || last == "":
+			last = err.Error()
 		}
 		if werr := f.pause(ctx); werr != nil {
-			return rs, fmt.Errorf("%w: %s (waited %s): %w", fleet.ErrNotReady, progress, f.cfg.ReadyTimeout, werr)
+			return rs, fmt.Errorf("%w: %s (waited %s): %w", fleet.ErrNotReady, last, f.cfg.ReadyTimeout, werr)
 		}
 	}
 }
