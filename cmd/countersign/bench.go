@@ -110,27 +110,20 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	cpu0, cpuOK := bench.ProcessCPU()
 	var lat bench.Latencies
 	run := fmt.Sprintf("%x", time.Now().UnixNano())
-	ok, failed, firstErr, elapsed := bench.Load(ctx, *conc, *dur, &lat, func(ctx context.Context, w int, seq int64) error {
-		if *batch > 0 {
-			req := &client.BatchSignRequest{Items: make([]client.BatchSignItem, *batch)}
-			for i := range req.Items {
-				req.Items[i] = client.BatchSignItem{IdempotencyKey: fmt.Sprintf("bench-%s-%d-%d", run, seq, i),
-					SignRequest: client.SignRequest{Key: *key, Format: client.Format(*format), Document: doc}}
-			}
-			resp, err := c.SignBatch(ctx, req)
-			if err != nil {
-				return err
-			}
-			for _, r := range resp.Results {
-				if r.Problem != nil {
-					return r.Problem
-				}
-			}
-			return nil
+	// One keep-alive connection per worker, each with its request encoded
+	// once (see bench.SignConn for why not net/http and encoding/json).
+	conns := make([]*bench.SignConn, *conc)
+	for w := range conns {
+		sc, err := bench.NewSignConn(*server, token, fmt.Sprintf("bench-%s-%d-", run, w),
+			client.SignRequest{Key: *key, Format: client.Format(*format), Document: doc}, *batch)
+		if err != nil {
+			return err
 		}
-		_, err := c.Sign(ctx, client.SignRequest{Key: *key, Format: client.Format(*format), Document: doc},
-			client.WithIdempotencyKey(fmt.Sprintf("bench-%s-%d", run, seq)))
-		return err
+		defer sc.Close()
+		conns[w] = sc
+	}
+	ok, failed, firstErr, elapsed := bench.Load(ctx, *conc, *dur, &lat, func(ctx context.Context, w int, seq int64) error {
+		return conns[w].Do(ctx)
 	})
 	cpu1, cpuOK1 := bench.ProcessCPU()
 	after := scrapeServer(context.WithoutCancel(ctx), *server)

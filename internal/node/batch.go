@@ -25,7 +25,7 @@ func (s *Server) handleSignBatch(w http.ResponseWriter, r *http.Request, tenant 
 		return err
 	}
 	var req api.BatchSignRequest
-	if err := decodeStrict(body, &req); err != nil {
+	if err := decodeBatchRequest(body, &req); err != nil {
 		return err
 	}
 	if len(req.Items) == 0 {
