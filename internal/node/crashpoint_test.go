@@ -154,7 +154,11 @@ func TestCrashPointsLoseNothing(t *testing.T) {
 			if !killedBySIGKILL(p.err) {
 				t.Fatalf("node exit = %v, want killed by SIGKILL\n%s", p.err, p.stderr)
 			}
-			if len(accepted) < 40 {
+			// The crash point fires at the 40th job; up to one 202 per
+			// client (8) may still have been on its way when SIGKILL landed
+			// (those jobs count as not accepted: their outcome was never
+			// told). Fewer means the crash did not happen under load.
+			if len(accepted) < 40-8 {
 				t.Fatalf("only %d jobs accepted before the crash", len(accepted))
 			}
 
