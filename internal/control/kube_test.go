@@ -4,13 +4,10 @@ package control_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	authv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,6 +33,7 @@ import (
 	"github.com/countersign/countersign/internal/playbook"
 	"github.com/countersign/countersign/internal/queue/jetstream"
 	"github.com/countersign/countersign/internal/store"
+	"github.com/countersign/countersign/internal/store/postgres/pgtest"
 	"github.com/countersign/countersign/internal/traffic"
 	"github.com/countersign/countersign/internal/traffic/httproute"
 )
@@ -66,7 +63,7 @@ func TestKubeRollbackDrill(t *testing.T) {
 	if err := c.InstallGatewayAPI(ctx); err != nil {
 		t.Fatal(err)
 	}
-	pg := testPostgres(t)
+	pg := pgtest.MustSchemaURL(t, "cs_kube")
 	resetQueue(t)
 	t.Setenv(install.PassphraseEnv, devPassphrase)
 
@@ -503,39 +500,6 @@ func repoRoot(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return filepath.Dir(strings.TrimSpace(string(out)))
-}
-
-// testPostgres creates a fresh schema on the dev machine's PostgreSQL and
-// returns a store URL on it; the schema is dropped after the test.
-func testPostgres(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("COUNTERSIGN_TEST_POSTGRES")
-	if base == "" {
-		base = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	}
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatalf("PostgreSQL (set COUNTERSIGN_TEST_POSTGRES): %v", err)
-	}
-	defer conn.Close(ctx)
-	b := make([]byte, 6)
-	rand.Read(b)
-	schema := "cs_kube_" + hex.EncodeToString(b)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, base); err == nil {
-			c.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
-			c.Close(ctx)
-		}
-	})
-	u, _ := url.Parse(base)
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
 }
 
 // resetQueue removes the default work stream from the dev machine's NATS,

@@ -4,10 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,10 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/countersign/countersign/internal/store"
 	"github.com/countersign/countersign/internal/store/postgres"
+	"github.com/countersign/countersign/internal/store/postgres/pgtest"
 )
 
 // pgTestURL creates a fresh schema on the dev machine's server (or
@@ -29,41 +25,10 @@ import (
 // selecting it.
 func pgTestURL(t *testing.T) string {
 	t.Helper()
-	base := os.Getenv("COUNTERSIGN_TEST_POSTGRES")
-	if base == "" {
-		base = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	}
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		unavailable(t, "PostgreSQL test server (COUNTERSIGN_TEST_POSTGRES)", err)
-	}
-	defer conn.Close(ctx)
 	if _, err := exec.LookPath("pg_dump"); err != nil {
 		unavailable(t, "pg_dump", err)
 	}
-	b := make([]byte, 6)
-	rand.Read(b)
-	schema := "cs_snap_" + hex.EncodeToString(b)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(ctx, base)
-		if err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-			return
-		}
-		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	u, _ := url.Parse(base)
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
+	return pgtest.SchemaURL(t, "cs_snap")
 }
 
 // TestPostgresSnapshotUnderWrites dumps the store's exported snapshot

@@ -2,69 +2,19 @@ package postgres
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"net/url"
-	"os"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/countersign/countersign/internal/store"
+	"github.com/countersign/countersign/internal/store/postgres/pgtest"
 	"github.com/countersign/countersign/internal/store/storetest"
 )
 
-const defaultTestURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-
-// testURL creates a fresh schema on the test server, drops it when the test
-// ends, and returns a URL whose search_path is that schema. Without a
-// server the test fails under CI=true and is skipped otherwise.
-func testURL(t testing.TB) string {
-	t.Helper()
-	base := os.Getenv("COUNTERSIGN_TEST_POSTGRES")
-	if base == "" {
-		base = defaultTestURL
-	}
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("PostgreSQL test server unreachable (set COUNTERSIGN_TEST_POSTGRES): %v", err)
-		}
-		t.Skipf("PostgreSQL test server unreachable, skipping (set COUNTERSIGN_TEST_POSTGRES; CI=true makes this fail): %v", err)
-	}
-	defer conn.Close(ctx)
-	b := make([]byte, 6)
-	rand.Read(b)
-	schema := "cs_test_" + hex.EncodeToString(b)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(ctx, base)
-		if err != nil {
-			t.Errorf("drop test schema %s: %v", schema, err)
-			return
-		}
-		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			t.Errorf("drop test schema %s: %v", schema, err)
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
 func openTest(t testing.TB, opts store.Options) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), testURL(t), opts)
+	s, err := Open(context.Background(), pgtest.SchemaURL(t, "cs_test"), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +28,7 @@ func TestConformance(t *testing.T) {
 
 func TestConformanceDB(t *testing.T) {
 	storetest.RunDB(t, func(t *testing.T) storetest.DB {
-		u := testURL(t)
+		u := pgtest.SchemaURL(t, "cs_test")
 		return storetest.DB{
 			Open: func(ctx context.Context, opts store.Options) (store.Store, error) { return Open(ctx, u, opts) },
 			Exec: func(ctx context.Context, q string) error {
@@ -137,7 +87,7 @@ func TestExportSnapshot(t *testing.T) {
 // TestTwoPools commits from two pools at once, as two node processes do.
 func TestTwoPools(t *testing.T) {
 	ctx := t.Context()
-	u := testURL(t)
+	u := pgtest.SchemaURL(t, "cs_test")
 	var stores [2]*Store
 	for i := range stores {
 		s, err := Open(ctx, u, store.Options{Migrate: true})
