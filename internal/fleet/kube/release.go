@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"text/template"
 	"unicode/utf8"
 
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
@@ -69,39 +68,6 @@ type argData struct {
 	Release   string
 	DataDir   string
 	FlagsFile string // the mounted flags file, or empty
-}
-
-// renderArgs renders each argument as a text/template. If no release
-// argument mentions .Listen or .Port, listenArgs are appended so the node
-// always learns its address (as fleet/local does).
-func renderArgs(args, listenArgs []string, d argData) ([]string, error) {
-	mentions := false
-	for _, a := range args {
-		if strings.Contains(a, ".Listen") || strings.Contains(a, ".Port") {
-			mentions = true
-		}
-	}
-	all := args
-	if !mentions {
-		all = append(append([]string(nil), args...), listenArgs...)
-	}
-	out := make([]string, 0, len(all))
-	for i, a := range all {
-		if !strings.Contains(a, "{{") {
-			out = append(out, a)
-			continue
-		}
-		t, err := template.New("arg").Option("missingkey=error").Parse(a)
-		if err != nil {
-			return nil, fmt.Errorf("%w: argument %d %q: %w", fleet.ErrInvalid, i, a, err)
-		}
-		var b strings.Builder
-		if err := t.Execute(&b, d); err != nil {
-			return nil, fmt.Errorf("%w: argument %d %q: %w", fleet.ErrInvalid, i, a, err)
-		}
-		out = append(out, b.String())
-	}
-	return out, nil
 }
 
 // releaseEnv is the container's environment: POD_NAME from the downward API
@@ -203,7 +169,7 @@ func (f *Fleet) releaseTemplate(pool string, rel fleet.Release, flags *flagsConf
 	if flags != nil {
 		mounted = flagsPath
 	}
-	args, err := renderArgs(rel.Args, f.cfg.ListenArgs, argData{
+	args, err := fleet.RenderArgs(rel.Args, f.cfg.ListenArgs, argData{
 		Listen: listenAddr(), Port: Port, Pool: pool, Instance: "$(POD_NAME)", Release: rel.ID,
 		DataDir: f.cfg.DataDir, FlagsFile: mounted,
 	})

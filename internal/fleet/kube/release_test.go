@@ -115,12 +115,12 @@ func TestRenderArgs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := renderArgs(tt.args, listen, d)
+			got, err := fleet.RenderArgs(tt.args, listen, d)
 			if (err != nil) != tt.invalid || (err != nil && !errors.Is(err, fleet.ErrInvalid)) {
-				t.Fatalf("renderArgs() error = %v, want invalid %v", err, tt.invalid)
+				t.Fatalf("fleet.RenderArgs() error = %v, want invalid %v", err, tt.invalid)
 			}
 			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("renderArgs() = %q, want %q", got, tt.want)
+				t.Errorf("fleet.RenderArgs() = %q, want %q", got, tt.want)
 			}
 		})
 	}

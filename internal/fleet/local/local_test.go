@@ -349,9 +349,9 @@ func TestRenderArgs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := renderArgs(tt.args, []string{"--listen", "{{.Listen}}"}, d)
+			got, err := fleet.RenderArgs(tt.args, []string{"--listen", "{{.Listen}}"}, d)
 			if (err != nil) != tt.wantErr || !slices.Equal(got, tt.want) {
-				t.Fatalf("renderArgs(%q) = %q, %v; want %q, err=%v", tt.args, got, err, tt.want, tt.wantErr)
+				t.Fatalf("fleet.RenderArgs(%q) = %q, %v; want %q, err=%v", tt.args, got, err, tt.want, tt.wantErr)
 			}
 		})
 	}

@@ -201,7 +201,7 @@ func (r *replica) command() (*exec.Cmd, *os.File, error) {
 	r.mu.Unlock()
 	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	rel := r.rev.Release
-	args, err := renderArgs(rel.Args, r.f.cfg.ListenArgs, argData{
+	args, err := fleet.RenderArgs(rel.Args, r.f.cfg.ListenArgs, argData{
 		Listen: listen, Port: port, Pool: r.pool, Replica: r.index, Instance: r.instance,
 		Release: rel.ID, DataDir: r.dataDir, FlagsFile: rel.FlagsFile,
 	})
