@@ -641,3 +641,15 @@ func storeSignatureCount(t testing.TB, n *asyncNode) int {
 	}
 	return len(sigs)
 }
+
+// A worker stopped while its subscriptions are still being set up has shut
+// down cleanly: Run returns nil, not the cancelled subscribe (a CI failure
+// when a test's condition held before the fourth consumer was up).
+func TestWorkerStoppedDuringStartupReturnsNil(t *testing.T) {
+	n := newAsyncNode(t, asyncOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := n.worker.Run(ctx); err != nil {
+		t.Fatalf("Run with a cancelled context = %v, want nil", err)
+	}
+}

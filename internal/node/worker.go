@@ -150,7 +150,9 @@ func NewWorker(s *Server, cfg WorkerConfig) (*Worker, error) {
 }
 
 // Run consumes until ctx ends, then stops its subscriptions and waits for
-// the handlers and pending callbacks to return.
+// the handlers and pending callbacks to return. It returns nil when ctx
+// ends, also when that happens while the subscriptions are being set up;
+// any other failure to subscribe is returned.
 func (w *Worker) Run(ctx context.Context) error {
 	var subs []queue.Subscription
 	defer func() {
@@ -162,6 +164,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	for range w.cfg.Concurrency {
 		sub, err := w.cfg.Queue.Consume(ctx, w.cfg.Consumer, w.handle)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil // shut down before every subscription was up
+			}
 			return fmt.Errorf("node: worker: %w", err)
 		}
 		subs = append(subs, sub)
