@@ -11,6 +11,7 @@ import (
 	"github.com/countersign/countersign/internal/control"
 	"github.com/countersign/countersign/internal/flags"
 	"github.com/countersign/countersign/internal/install"
+	"github.com/countersign/countersign/internal/store/db"
 )
 
 func init() {
@@ -66,7 +67,7 @@ func runControl(ctx context.Context, env *cliEnv, args []string) error {
 	u := w.URLs()
 	fmt.Fprintf(env.stdout, "control plane up (fleet kube, namespace %s, traffic %s)\n", kf.namespace, w.Router())
 	fmt.Fprintf(env.stdout, "  control API      %s\n", u.Control)
-	fmt.Fprintf(env.stdout, "  queue            %s\n", redactedURL(kf.nats))
+	fmt.Fprintf(env.stdout, "  queue            %s\n", db.Redact(kf.nats))
 	<-ctx.Done()
 	start := time.Now()
 	if err := w.Close(); err != nil {

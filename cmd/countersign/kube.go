@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -157,15 +156,6 @@ func checkNoClusterControl(ctx context.Context, c kubernetes.Interface, ns, list
 			"instead of starting a second control plane, or scale it to 0 first", ns, d.Status.ReadyReplicas)
 	}
 	return nil
-}
-
-// redactedURL drops a URL's password for printing.
-func redactedURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }
 
 // startKubeControl runs a control plane in this process for the duration

@@ -15,6 +15,7 @@ import (
 	"github.com/countersign/countersign/internal/queue"
 	"github.com/countersign/countersign/internal/queue/jetstream"
 	"github.com/countersign/countersign/internal/store"
+	"github.com/countersign/countersign/internal/store/db"
 )
 
 // Embedded queue layout inside the data directory. The URL file is the
@@ -94,19 +95,10 @@ func (w *World) startQueue(ctx context.Context) error {
 func (w *World) dialQueue(ctx context.Context) error {
 	q, err := jetstream.Dial(ctx, w.cfg.QueueURL, jetstream.Config{AckWait: w.ackWait(), Logger: w.log})
 	if err != nil {
-		return fmt.Errorf("control: queue %s: %w", redactURL(w.cfg.QueueURL), err)
+		return fmt.Errorf("control: queue %s: %w", db.Redact(w.cfg.QueueURL), err)
 	}
 	w.queue = &worldQueue{q: q, url: w.cfg.QueueURL}
 	return nil
-}
-
-// redactURL drops a URL's password for messages.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }
 
 func (w *World) ackWait() time.Duration {

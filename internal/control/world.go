@@ -3,13 +3,11 @@ package control
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -392,7 +390,7 @@ func (w *World) startFleet(ctx context.Context) error {
 			return err
 		}
 	}
-	sum, err := fileSHA256(exe)
+	sum, err := fleet.FileSHA256(exe)
 	if err != nil {
 		return err
 	}
@@ -775,17 +773,4 @@ func adminToken(dir string) (string, error) {
 		return "", err
 	}
 	return tok, nil
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

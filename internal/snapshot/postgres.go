@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/countersign/countersign/internal/store/db"
 	"github.com/countersign/countersign/internal/store/postgres"
 )
 
@@ -54,7 +55,7 @@ type Postgres struct {
 
 // LogValue keeps the URL's password out of logs.
 func (p Postgres) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("url", redactURL(p.URL)), slog.String("pg_dump", p.pgDump()))
+	return slog.GroupValue(slog.String("url", db.Redact(p.URL)), slog.String("pg_dump", p.pgDump()))
 }
 
 // Name implements Part.
@@ -78,7 +79,7 @@ var libpqParams = map[string]bool{
 func dumpTarget(raw string) (conn, password, schema string, err error) {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		return "", "", "", fmt.Errorf("snapshot: postgres part needs a postgres:// URL, got %s", redactURL(raw))
+		return "", "", "", fmt.Errorf("snapshot: postgres part needs a postgres:// URL, got %s", db.Redact(raw))
 	}
 	if u.User != nil {
 		password, _ = u.User.Password()
@@ -96,14 +97,6 @@ func dumpTarget(raw string) (conn, password, schema string, err error) {
 		return "", "", "", fmt.Errorf("snapshot: postgres search_path %q names several schemas; pg_dump needs one", schema)
 	}
 	return u.String(), password, strings.TrimSpace(schema), nil
-}
-
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "[unparseable URL]"
-	}
-	return u.Redacted()
 }
 
 var pgVersionRE = regexp.MustCompile(`\(PostgreSQL\) (\d+)(?:\.(\d+))?`)

@@ -19,7 +19,7 @@ import (
 func (f *Fleet) installArtifact(rel fleet.Release) (string, error) {
 	dir := filepath.Join(f.cfg.StateDir, "artifacts", rel.SHA256)
 	dst := filepath.Join(dir, filepath.Base(rel.Artifact))
-	if got, err := fileSHA256(dst); err == nil {
+	if got, err := fleet.FileSHA256(dst); err == nil {
 		if got != rel.SHA256 {
 			return "", &fleet.ChecksumError{Artifact: dst, Want: rel.SHA256, Got: got}
 		}
@@ -64,18 +64,4 @@ func (f *Fleet) installArtifact(rel fleet.Release) (string, error) {
 		return "", fmt.Errorf("fleet/local: %w", err)
 	}
 	return dst, nil
-}
-
-// fileSHA256 returns the hex SHA-256 of a file.
-func fileSHA256(path string) (string, error) {
-	fh, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer fh.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, fh); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

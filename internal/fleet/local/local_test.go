@@ -359,7 +359,7 @@ func TestRenderArgs(t *testing.T) {
 
 func mustSHA(t *testing.T, path string) string {
 	t.Helper()
-	s, err := fileSHA256(path)
+	s, err := fleet.FileSHA256(path)
 	if err != nil {
 		t.Fatal(err)
 	}

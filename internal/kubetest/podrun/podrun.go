@@ -21,8 +21,6 @@ package podrun
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -31,7 +29,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -43,6 +40,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/countersign/countersign/internal/fleet"
 )
 
 // Config says which pods to run and how.
@@ -97,7 +96,7 @@ func Start(ctx context.Context, cfg Config) (*Runner, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	sum, err := fileSHA256(cfg.Binary)
+	sum, err := fleet.FileSHA256(cfg.Binary)
 	if err != nil {
 		return nil, fmt.Errorf("podrun: %w", err)
 	}
@@ -371,19 +370,6 @@ func (s *service) close() {
 	if s.srv != nil {
 		s.srv.Close()
 	}
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // localPath maps a path inside the pod to the local file system through

@@ -105,12 +105,15 @@ func Parse(rawURL string) (kind, target string, err error) {
 	}
 }
 
-// Redact returns rawURL with any password replaced by "xxxxx".
+// Redact returns rawURL with any password replaced by "xxxxx", for logs and
+// messages. It serves every URL that may carry a credential (stores,
+// queues, object stores); a URL that does not parse and holds an "@" is
+// replaced whole.
 func Redact(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.User == nil {
 		if err != nil && strings.Contains(rawURL, "@") {
-			return "(unparsable store URL)"
+			return "(unparsable URL)"
 		}
 		return rawURL
 	}
