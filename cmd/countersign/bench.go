@@ -5,12 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -42,8 +45,12 @@ type benchReport struct {
 	// ClientCPUUs is this load generator's own CPU per signature: on a
 	// machine where it shares the cores with the server, what it burns is
 	// not available to the server.
-	ClientCPUUs   float64           `json:"client_cpu_per_sig_us,omitempty"`
+	ClientCPUUs float64 `json:"client_cpu_per_sig_us,omitempty"`
+	// Limit is the mean of the measurements before and after the load
+	// (with several rounds, the median of the rounds' means); CryptoDrift
+	// is how far apart those measurements were, relative to their mean.
 	Limit         bench.CryptoLimit `json:"crypto_limit"`
+	CryptoDrift   float64           `json:"crypto_drift"`
 	RatioParallel float64           `json:"ratio_to_parallel_limit"`
 	RatioCPU      float64           `json:"server_cpu_ratio_to_crypto,omitempty"`
 	// MeanCommitBatch is the server's mean group-commit batch (signatures
@@ -54,6 +61,8 @@ type benchReport struct {
 	Durability string            `json:"durability,omitempty"`
 	Machine    map[string]string `json:"machine"`
 	FirstError string            `json:"first_error,omitempty"`
+	// Rounds holds every round when there were several.
+	Rounds []benchRound `json:"rounds,omitempty"`
 }
 
 func runBench(ctx context.Context, env *cliEnv, args []string) error {
@@ -66,13 +75,17 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	key := fs.String("key", "default", "key name")
 	format := fs.String("format", "raw", "cms | jws | raw")
 	conc := fs.Int("concurrency", 64, "concurrent closed-loop clients")
-	dur := fs.Duration("duration", 10*time.Second, "how long to apply load")
+	dur := fs.Duration("duration", 10*time.Second, "how long to apply load (per round)")
 	batch := fs.Int("batch", 0, "items per POST /v1/sign:batch (0: single POST /v1/sign)")
 	docSize := fs.Int("doc-size", 256, "document size in bytes")
 	limitDur := fs.Duration("crypto-duration", 2*time.Second, "how long to measure the raw crypto limit (each of single and all cores)")
+	rounds := fs.Int("rounds", 1, "load runs, each between two measurements of the raw crypto limit; the report gives the median of each figure and every round")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if *rounds < 1 {
+		return usageError("--rounds must be at least 1")
 	}
 	token, err := readToken(env, *tokenFile)
 	if err != nil {
@@ -87,14 +100,19 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("look up key %q: %w", *key, err)
 	}
 	alg := kinfo.Versions[len(kinfo.Versions)-1].Algorithm
-	// The raw limit is measured first, while the server is idle: after the
-	// load, requests cut off by the deadline may still be running there.
 	a, err := keys.ParseAlgorithm(alg)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stderr, "measuring the raw %s signing limit (%v single core, %v all cores)...\n", alg, *limitDur, *limitDur)
-	limit, err := bench.MeasureCryptoLimit(a, *limitDur)
+	measure := func(when string) (bench.CryptoLimit, error) {
+		fmt.Fprintf(env.stderr, "measuring the raw %s signing limit %s (%v single core, %v all cores)...\n", alg, when, *limitDur, *limitDur)
+		return bench.MeasureCryptoLimit(a, *limitDur)
+	}
+	// The raw limit is measured while the server is idle: first, and again
+	// after each round once the server has finished the requests the
+	// deadline cut off. A machine whose speed changes during the run (a
+	// shared VM) shows as drift between the two.
+	limit, err := measure("before the load")
 	if err != nil {
 		return err
 	}
@@ -106,9 +124,6 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := c.Sign(ctx, client.SignRequest{Key: *key, Format: client.Format(*format), Document: doc}); err != nil {
 		return fmt.Errorf("warm-up sign: %w", err)
 	}
-	before := scrapeServer(ctx, *server)
-	cpu0, cpuOK := bench.ProcessCPU()
-	var lat bench.Latencies
 	run := fmt.Sprintf("%x", time.Now().UnixNano())
 	// One keep-alive connection per worker, each with its request encoded
 	// once (see bench.SignConn for why not net/http and encoding/json).
@@ -122,51 +137,166 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 		defer sc.Close()
 		conns[w] = sc
 	}
-	ok, failed, firstErr, elapsed := bench.Load(ctx, *conc, *dur, &lat, func(ctx context.Context, w int, seq int64) error {
-		return conns[w].Do(ctx)
-	})
-	cpu1, cpuOK1 := bench.ProcessCPU()
-	after := scrapeServer(context.WithoutCancel(ctx), *server)
 	perReq := int64(max(*batch, 1))
-	rep := benchReport{Server: *server, Key: *key, Algorithm: alg, Format: *format, Batch: *batch, Concurrency: *conc,
-		DurationS: elapsed.Seconds(), Signatures: ok * perReq, Failed: failed,
-		OpsPerS: float64(ok*perReq) / elapsed.Seconds(),
-		P50Ms:   float64(lat.Quantile(0.50)) / 1e6, P99Ms: float64(lat.Quantile(0.99)) / 1e6,
-		Limit: limit, Machine: machine()}
-	if firstErr != nil {
-		rep.FirstError = firstErr.Error()
+	var rs []benchRound
+	for r := range *rounds {
+		before := scrapeServer(ctx, *server)
+		cpu0, cpuOK := bench.ProcessCPU()
+		var lat bench.Latencies
+		ok, failed, firstErr, elapsed := bench.Load(ctx, *conc, *dur, &lat, func(ctx context.Context, w int, seq int64) error {
+			return conns[w].Do(ctx)
+		})
+		cpu1, cpuOK1 := bench.ProcessCPU()
+		after := waitServerIdle(context.WithoutCancel(ctx), *server)
+		limitAfter, err := measure(fmt.Sprintf("after round %d of %d", r+1, *rounds))
+		if err != nil {
+			return err
+		}
+		rd := benchRound{DurationS: elapsed.Seconds(), Signatures: ok * perReq, Failed: failed,
+			OpsPerS: float64(ok*perReq) / elapsed.Seconds(),
+			P50Ms:   float64(lat.Quantile(0.50)) / 1e6, P99Ms: float64(lat.Quantile(0.99)) / 1e6,
+			LimitBefore: limit, LimitAfter: limitAfter}
+		if firstErr != nil {
+			rd.FirstError = firstErr.Error()
+		}
+		if n := ok * perReq; cpuOK && cpuOK1 && n > 0 {
+			rd.ClientCPUUs = float64(cpu1-cpu0) / float64(time.Microsecond) / float64(n)
+		}
+		if before.ok && after.ok && after.sigs > before.sigs {
+			rd.ServerCPUUs = (after.cpu - before.cpu) / (after.sigs - before.sigs) * 1e6
+		}
+		rd.Durability = after.durability
+		if nb := after.batches - before.batches; nb > 0 {
+			rd.MeanCommitBatch = (after.commits - before.commits) / nb
+		}
+		rd.settle()
+		rs = append(rs, rd)
+		limit = limitAfter
 	}
-	if n := ok * perReq; cpuOK && cpuOK1 && n > 0 {
-		rep.ClientCPUUs = float64(cpu1-cpu0) / float64(time.Microsecond) / float64(n)
-	}
-	if before.ok && after.ok && after.sigs > before.sigs {
-		rep.ServerCPUUs = (after.cpu - before.cpu) / (after.sigs - before.sigs) * 1e6
-	}
-	rep.Durability = after.durability
-	if nb := after.batches - before.batches; nb > 0 {
-		rep.MeanCommitBatch = (after.commits - before.commits) / nb
-	}
-	rep.RatioParallel = rep.OpsPerS / rep.Limit.AllCores
-	if rep.ServerCPUUs > 0 {
-		rep.RatioCPU = rep.ServerCPUUs / rep.Limit.CPUPerOpMicro
-	}
+	rep := summarise(rs)
+	rep.Server, rep.Key, rep.Algorithm, rep.Format, rep.Batch, rep.Concurrency = *server, *key, alg, *format, *batch, *conc
+	rep.Machine = machine()
 	if *asJSON {
 		b, _ := json.MarshalIndent(rep, "", "  ")
 		fmt.Fprintln(env.stdout, string(b))
 		return nil
 	}
-	w := env.stdout
+	printBenchReport(env.stdout, &rep)
+	return nil
+}
+
+// benchRound is one load run and the crypto limit measured on each side
+// of it. Ratios use the mean of the two limits.
+type benchRound struct {
+	DurationS       float64           `json:"duration_s"`
+	Signatures      int64             `json:"signatures"`
+	Failed          int64             `json:"failed"`
+	OpsPerS         float64           `json:"ops_per_s"`
+	P50Ms           float64           `json:"p50_ms"`
+	P99Ms           float64           `json:"p99_ms"`
+	ServerCPUUs     float64           `json:"server_cpu_per_sig_us,omitempty"`
+	ClientCPUUs     float64           `json:"client_cpu_per_sig_us,omitempty"`
+	LimitBefore     bench.CryptoLimit `json:"crypto_limit_before"`
+	LimitAfter      bench.CryptoLimit `json:"crypto_limit_after"`
+	Limit           bench.CryptoLimit `json:"crypto_limit"`
+	CryptoDrift     float64           `json:"crypto_drift"`
+	RatioParallel   float64           `json:"ratio_to_parallel_limit"`
+	RatioCPU        float64           `json:"server_cpu_ratio_to_crypto,omitempty"`
+	MeanCommitBatch float64           `json:"mean_commit_batch,omitempty"`
+	Durability      string            `json:"durability,omitempty"`
+	FirstError      string            `json:"first_error,omitempty"`
+}
+
+// settle derives the round's limit (the mean of the measurements on each
+// side), the drift between them and the ratios.
+func (r *benchRound) settle() {
+	b, a := r.LimitBefore, r.LimitAfter
+	r.Limit = bench.CryptoLimit{Algorithm: b.Algorithm, Cores: b.Cores,
+		SingleCore: (b.SingleCore + a.SingleCore) / 2, AllCores: (b.AllCores + a.AllCores) / 2,
+		CPUPerOpMicro: (b.CPUPerOpMicro + a.CPUPerOpMicro) / 2}
+	if r.Limit.CPUPerOpMicro > 0 {
+		r.CryptoDrift = math.Abs(a.CPUPerOpMicro-b.CPUPerOpMicro) / r.Limit.CPUPerOpMicro
+	}
+	if r.Limit.AllCores > 0 {
+		r.RatioParallel = r.OpsPerS / r.Limit.AllCores
+	}
+	if r.ServerCPUUs > 0 && r.Limit.CPUPerOpMicro > 0 {
+		r.RatioCPU = r.ServerCPUUs / r.Limit.CPUPerOpMicro
+	}
+}
+
+// summarise reports one round as it is, and several as the median of each
+// figure (signature counts summed), with every round attached.
+func summarise(rs []benchRound) benchReport {
+	med := func(f func(*benchRound) float64) float64 {
+		v := make([]float64, len(rs))
+		for i := range rs {
+			v[i] = f(&rs[i])
+		}
+		sort.Float64s(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	rep := benchReport{
+		DurationS:   med(func(r *benchRound) float64 { return r.DurationS }),
+		OpsPerS:     med(func(r *benchRound) float64 { return r.OpsPerS }),
+		P50Ms:       med(func(r *benchRound) float64 { return r.P50Ms }),
+		P99Ms:       med(func(r *benchRound) float64 { return r.P99Ms }),
+		ServerCPUUs: med(func(r *benchRound) float64 { return r.ServerCPUUs }),
+		ClientCPUUs: med(func(r *benchRound) float64 { return r.ClientCPUUs }),
+		Limit: bench.CryptoLimit{Algorithm: rs[0].Limit.Algorithm, Cores: rs[0].Limit.Cores,
+			SingleCore:    med(func(r *benchRound) float64 { return r.Limit.SingleCore }),
+			AllCores:      med(func(r *benchRound) float64 { return r.Limit.AllCores }),
+			CPUPerOpMicro: med(func(r *benchRound) float64 { return r.Limit.CPUPerOpMicro })},
+		CryptoDrift:     med(func(r *benchRound) float64 { return r.CryptoDrift }),
+		RatioParallel:   med(func(r *benchRound) float64 { return r.RatioParallel }),
+		RatioCPU:        med(func(r *benchRound) float64 { return r.RatioCPU }),
+		MeanCommitBatch: med(func(r *benchRound) float64 { return r.MeanCommitBatch }),
+		Durability:      rs[len(rs)-1].Durability,
+	}
+	for i := range rs {
+		rep.Signatures += rs[i].Signatures
+		rep.Failed += rs[i].Failed
+		if rep.FirstError == "" {
+			rep.FirstError = rs[i].FirstError
+		}
+	}
+	if len(rs) > 1 {
+		rep.Rounds = rs
+	}
+	return rep
+}
+
+// driftWarning is the crypto drift above which the report says that the
+// machine's speed changed during the run.
+const driftWarning = 0.10
+
+func printBenchReport(w io.Writer, rep *benchReport) {
 	fmt.Fprintf(w, "server        %s (key %s, %s, format %s, batch %d)\n", rep.Server, rep.Key, rep.Algorithm, rep.Format, rep.Batch)
-	fmt.Fprintf(w, "load          %d concurrent clients for %.1fs\n", rep.Concurrency, rep.DurationS)
+	fmt.Fprintf(w, "load          %d concurrent clients for %.1fs", rep.Concurrency, rep.DurationS)
+	if n := len(rep.Rounds); n > 1 {
+		fmt.Fprintf(w, " per round, %d rounds (figures below are medians)", n)
+	}
+	fmt.Fprintln(w)
 	if rep.Durability != "" {
 		fmt.Fprintf(w, "durability    %s (what a 200 had survived)\n", rep.Durability)
 	} else {
 		fmt.Fprintf(w, "durability    not reported by the server\n")
 	}
+	for i, r := range rep.Rounds {
+		fmt.Fprintf(w, "round %-7d %.0f/s, p50 %.2f ms, server %.1f µs, crypto %.1f µs (drift %.0f%%), %.1f%% of limit, %.2f×\n",
+			i+1, r.OpsPerS, r.P50Ms, r.ServerCPUUs, r.Limit.CPUPerOpMicro, r.CryptoDrift*100, r.RatioParallel*100, r.RatioCPU)
+	}
 	fmt.Fprintf(w, "signatures    %d ok, %d failed\n", rep.Signatures, rep.Failed)
 	fmt.Fprintf(w, "throughput    %.0f signatures/s\n", rep.OpsPerS)
 	fmt.Fprintf(w, "latency       p50 %.2f ms, p99 %.2f ms (per request)\n", rep.P50Ms, rep.P99Ms)
-	fmt.Fprintf(w, "crypto limit  %.0f/s single core, %.0f/s on %d cores (%.1f µs CPU per signature)\n", rep.Limit.SingleCore, rep.Limit.AllCores, rep.Limit.Cores, rep.Limit.CPUPerOpMicro)
+	fmt.Fprintf(w, "crypto limit  %.0f/s single core, %.0f/s on %d cores (%.1f µs CPU per signature; before and after the load differ by %.0f%%)\n",
+		rep.Limit.SingleCore, rep.Limit.AllCores, rep.Limit.Cores, rep.Limit.CPUPerOpMicro, rep.CryptoDrift*100)
+	if rep.CryptoDrift > driftWarning {
+		fmt.Fprintf(w, "WARNING       the raw crypto limit moved by %.0f%% across the load: this machine's speed changed during the run, so the ratios below are uncertain by as much (use --rounds and compare medians)\n", rep.CryptoDrift*100)
+	}
 	fmt.Fprintf(w, "ratio         %.1f%% of the parallel crypto limit\n", rep.RatioParallel*100)
 	if rep.ServerCPUUs > 0 {
 		fmt.Fprintf(w, "server CPU    %.1f µs per durable signature = %.2f× the signature's own CPU\n", rep.ServerCPUUs, rep.RatioCPU)
@@ -182,7 +312,22 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	if rep.FirstError != "" {
 		fmt.Fprintf(w, "first error   %s\n", rep.FirstError)
 	}
-	return nil
+}
+
+// waitServerIdle scrapes the server until its signature count stops
+// moving (the requests the load's deadline cut off have finished), for at
+// most 5 s, and returns the last scrape.
+func waitServerIdle(ctx context.Context, server string) serverCounters {
+	c := scrapeServer(ctx, server)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(250 * time.Millisecond)
+		n := scrapeServer(ctx, server)
+		if !n.ok || n.sigs == c.sigs {
+			return c
+		}
+		c = n
+	}
+	return c
 }
 
 // serverCounters are the node counters the bench reads from /metrics.
