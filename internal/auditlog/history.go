@@ -265,7 +265,7 @@ func recheckTree(ctx context.Context, st Reader, size, chunk int64) error {
 // the events and the stored frontier, reads the stored ones in one
 // contiguous range and returns a *treeMismatch at the first difference.
 func recheckRange(ctx context.Context, st Reader, from, n int64) error {
-	evs, err := readEvents(ctx, st, from, n)
+	entries, err := readEntries(ctx, st, from, n)
 	if err != nil {
 		if ge := (*gapError)(nil); errors.As(err, &ge) {
 			return &treeMismatch{leaf: ge.index, msg: err.Error()}
@@ -276,8 +276,8 @@ func recheckRange(ctx context.Context, st Reader, from, n int64) error {
 	if err != nil {
 		return err
 	}
-	for _, ev := range evs {
-		if err := b.add(tlog.RecordHash(ev.Entry)); err != nil {
+	for _, e := range entries {
+		if err := b.add(tlog.RecordHash(e)); err != nil {
 			return err
 		}
 	}

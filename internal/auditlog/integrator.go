@@ -186,7 +186,7 @@ func (in *Integrator) guardLocked(ctx context.Context) error {
 // integrateBatchLocked hashes events [from, from+n) and stores their hashes
 // with the new tree size in one write. in.mu must be held.
 func (in *Integrator) integrateBatchLocked(ctx context.Context, from, n int64) error {
-	evs, err := readEvents(ctx, in.st, from, n)
+	entries, err := readEntries(ctx, in.st, from, n)
 	if err != nil {
 		return err
 	}
@@ -194,8 +194,8 @@ func (in *Integrator) integrateBatchLocked(ctx context.Context, from, n int64) e
 	if err != nil {
 		return err
 	}
-	for _, ev := range evs {
-		if err := b.add(tlog.RecordHash(ev.Entry)); err != nil {
+	for _, e := range entries {
+		if err := b.add(tlog.RecordHash(e)); err != nil {
 			return err
 		}
 	}

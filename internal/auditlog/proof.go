@@ -177,7 +177,7 @@ func ProveIndex(ctx context.Context, r Reader, index int64) (Proof, error) {
 		return Proof{}, fmt.Errorf("%w: event %d is not yet in a checkpoint (latest covers %d events); wait for the node to integrate it",
 			ErrNoCheckpoint, index, cp.Size)
 	}
-	evs, err := readEvents(ctx, r, index, 1)
+	entries, err := readEntries(ctx, r, index, 1)
 	if err != nil {
 		return Proof{}, err
 	}
@@ -186,5 +186,5 @@ func ProveIndex(ctx context.Context, r Reader, index int64) (Proof, error) {
 	if err != nil {
 		return Proof{}, fmt.Errorf("auditlog: prove inclusion of %d in %d: %w", index, cp.Size, err)
 	}
-	return Proof{Extra: evs[0].Entry, Index: index, Hashes: hs, Checkpoint: cp.Note}, nil
+	return Proof{Extra: entries[0], Index: index, Hashes: hs, Checkpoint: cp.Note}, nil
 }

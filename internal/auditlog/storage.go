@@ -63,6 +63,35 @@ type gapError struct {
 func (e *gapError) Error() string { return ErrGap.Error() + ": " + e.msg }
 func (e *gapError) Unwrap() error { return ErrGap }
 
+// readEntries returns the entries (the Merkle leaves) of events
+// [from, from+n) and checks the store returned exactly those: a missing or
+// misplaced row is a *gapError naming the first index that is wrong. A
+// store that implements store.AuditEntryReader is asked for the entries
+// alone, which is most of what integration and fork checks cost.
+func readEntries(ctx context.Context, r Reader, from, n int64) ([][]byte, error) {
+	er, ok := r.(store.AuditEntryReader)
+	if !ok {
+		evs, err := readEvents(ctx, r, from, n)
+		if err != nil {
+			return nil, err
+		}
+		entries := make([][]byte, len(evs))
+		for i := range evs {
+			entries[i] = evs[i].Entry
+		}
+		return entries, nil
+	}
+	entries, err := er.AuditEntries(ctx, from, n)
+	if err != nil {
+		return nil, fmt.Errorf("auditlog: read audit entries [%d, %d): %w", from, from+n, err)
+	}
+	if int64(len(entries)) != n {
+		at := from + int64(len(entries))
+		return nil, &gapError{index: at, msg: fmt.Sprintf("audit event %d is missing or out of place (the store's entries are not contiguous from there)", at)}
+	}
+	return entries, nil
+}
+
 // readEvents returns events [from, from+n) and checks the store returned
 // exactly those indexes, in order: a missing or misplaced row is a
 // *gapError naming the first index that is wrong.

@@ -141,13 +141,9 @@ func (s StoreSource) Fetch(ctx context.Context, p string) ([]byte, error) {
 }
 
 func (s StoreSource) bundle(ctx context.Context, t tlog.Tile) ([]byte, error) {
-	evs, err := readEvents(ctx, s.R, t.N*tileWidth, int64(t.W))
+	entries, err := readEntries(ctx, s.R, t.N*tileWidth, int64(t.W))
 	if err != nil {
 		return nil, err
-	}
-	entries := make([][]byte, len(evs))
-	for i, ev := range evs {
-		entries[i] = ev.Entry
 	}
 	return EncodeBundle(entries)
 }
