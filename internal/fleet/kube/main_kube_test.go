@@ -4,6 +4,7 @@ package kube
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -189,14 +190,14 @@ func (e *env) versions(t *testing.T) map[string]string {
 		t.Fatal(err)
 	}
 	for _, d := range deps.Items {
-		out["Deployment/"+d.Name] = d.ResourceVersion
+		out["Deployment/"+d.Name] = written(&d.ObjectMeta) + fmt.Sprintf(" replicas=%v", *d.Spec.Replicas)
 	}
 	rss, err := e.admin.AppsV1().ReplicaSets(e.ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range rss.Items {
-		out["ReplicaSet/"+r.Name] = r.ResourceVersion
+		out["ReplicaSet/"+r.Name] = written(&r.ObjectMeta)
 	}
 	cms, err := e.admin.CoreV1().ConfigMaps(e.ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -206,6 +207,21 @@ func (e *env) versions(t *testing.T) map[string]string {
 		out["ConfigMap/"+c.Name] = c.ResourceVersion
 	}
 	return out
+}
+
+// written is what a write of ours to a Deployment or ReplicaSet changes:
+// its generation (the spec), labels, annotations and our field manager's
+// entries. Not the resourceVersion: the controllers keep updating status
+// (observedGeneration, conditions, replica counts) after a rollout, which
+// made "nothing changed" checks flaky.
+func written(m *metav1.ObjectMeta) string {
+	var ours []string
+	for _, f := range m.ManagedFields {
+		if f.Manager == DefaultFieldManager {
+			ours = append(ours, fmt.Sprintf("%s@%v", f.Operation, f.Time))
+		}
+	}
+	return fmt.Sprintf("gen=%d labels=%v annotations=%v managed=%v", m.Generation, m.Labels, m.Annotations, ours)
 }
 
 // revisionN returns revision n of a history.
