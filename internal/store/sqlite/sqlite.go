@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/countersign/countersign/internal/store"
@@ -41,6 +42,11 @@ type Store struct {
 	// the IMMEDIATE lock itself.
 	wmu   sync.Mutex
 	stmts *stmtCache
+
+	// The background checkpointer (checkpoint.go).
+	stopCkpt context.CancelFunc
+	ckptDone chan struct{}
+	ckpt     struct{ runs, frames atomic.Uint64 }
 }
 
 var _ store.Store = (*Store)(nil)
@@ -68,6 +74,9 @@ func Open(ctx context.Context, path string, opts store.Options) (*Store, error) 
 		s.Close()
 		return nil, err
 	}
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopCkpt, s.ckptDone = cancel, make(chan struct{})
+	go s.runCheckpoints(cctx, s.ckptDone)
 	return s, nil
 }
 
@@ -95,6 +104,9 @@ func dsn(path string, opts store.Options) (string, error) {
 	// Multi-row inserts keep a statement journal; in memory it costs no
 	// temporary file and no write syscalls on the group commit's path.
 	q.Add("_pragma", "temp_store(MEMORY)")
+	// Checkpoints run in the background (checkpoint.go); this is the
+	// backstop on the committing connection.
+	q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", walAutocheckpoint))
 	q.Set("_txlock", "immediate")
 	return path + "?" + q.Encode(), nil
 }
@@ -110,8 +122,13 @@ func (s *Store) prepare(ctx context.Context, opts store.Options) error {
 	return nil
 }
 
-// Close closes the prepared statements and the database.
+// Close stops the background checkpointer, closes the prepared statements
+// and the database (the last connection to close checkpoints the WAL).
 func (s *Store) Close() error {
+	if s.stopCkpt != nil {
+		s.stopCkpt()
+		<-s.ckptDone
+	}
 	s.stmts.close()
 	return s.db.Close()
 }
