@@ -66,9 +66,16 @@ func (s CommitterStats) MeanBatch() float64 {
 // writer commits a lone write at once, and batches form while a commit is
 // in flight (docs/benchmarks.md says why a commit delay was not kept).
 //
+// On a store that is a DeferredSyncer (SQLite) the writer commits without
+// waiting for the fsync, hands the batch to a second goroutine that fsyncs
+// once for every batch committed meanwhile and only then answers them
+// (syncer.go): the next batch commits while the previous one is made
+// durable.
+//
 // Invariant: a write handed to the writer is committed exactly once (or
-// fails as a whole) whatever happens to its caller's context; Close commits
-// everything handed over before it returns.
+// fails as a whole) whatever happens to its caller's context, and is
+// answered as committed only once durable; Close commits everything handed
+// over before it returns.
 type Committer struct {
 	s    SignatureCommitter
 	ctx  context.Context
@@ -85,6 +92,13 @@ type Committer struct {
 	// jobs group-commits async job writes when s is a JobBatchStore
 	// (jobcommitter.go); nil otherwise.
 	jobs *jobBatching
+
+	// def is s when it is a DeferredSyncer (syncer.go): committed
+	// batches go to syncQ and are answered by syncLoop once durable.
+	def      DeferredSyncer
+	syncQ    chan []delivery
+	syncDone chan struct{}
+	durErr   atomic.Pointer[error] // the latched ErrNotDurable
 }
 
 type pendingWrite struct {
@@ -110,6 +124,10 @@ func NewCommitter(ctx context.Context, s SignatureCommitter, cfg CommitterConfig
 		reqs: make(chan *pendingWrite, cfg.MaxBatch), done: make(chan struct{})}
 	if js, ok := s.(JobBatchStore); ok {
 		c.jobs = newJobBatching(ctx, js, cfg.MaxBatch)
+	}
+	if d, ok := s.(DeferredSyncer); ok {
+		c.def, c.syncQ, c.syncDone = d, make(chan []delivery, 64), make(chan struct{})
+		go c.syncLoop()
 	}
 	go c.run()
 	return c
@@ -150,6 +168,9 @@ func (c *Committer) Close() error {
 	}
 	c.mu.Unlock()
 	<-c.done
+	if c.syncDone != nil {
+		<-c.syncDone
+	}
 	c.jobs.close()
 	return nil
 }
@@ -162,6 +183,9 @@ func (c *Committer) Stats() CommitterStats {
 
 func (c *Committer) run() {
 	defer close(c.done)
+	if c.syncQ != nil {
+		defer close(c.syncQ)
+	}
 	batch := make([]*pendingWrite, 0, c.cfg.MaxBatch)
 	for {
 		p, ok := <-c.reqs
@@ -203,12 +227,25 @@ func (c *Committer) drain(batch *[]*pendingWrite) bool {
 }
 
 func (c *Committer) commit(batch []*pendingWrite) {
+	if err := c.notDurable(); err != nil {
+		for _, p := range batch {
+			c.failed.Add(1)
+			p.deliver(writeOutcome{err: err})
+		}
+		return
+	}
 	ws := make([]SignatureWrite, len(batch))
 	for i, p := range batch {
 		ws[i] = p.w
 	}
 	start := time.Now()
-	rs, err := c.s.CommitSignatures(c.ctx, ws)
+	var rs []WriteResult
+	var err error
+	if c.def != nil {
+		rs, err = c.def.CommitSignaturesNoSync(c.ctx, ws)
+	} else {
+		rs, err = c.s.CommitSignatures(c.ctx, ws)
+	}
 	if err == nil && len(rs) != len(ws) {
 		err = fmt.Errorf("store: CommitSignatures returned %d results for %d writes", len(rs), len(ws))
 	}
@@ -221,12 +258,23 @@ func (c *Committer) commit(batch []*pendingWrite) {
 		}
 		return
 	}
-	for i, p := range batch {
-		if err != nil {
+	if err != nil {
+		for _, p := range batch {
 			c.failed.Add(1)
 			p.deliver(writeOutcome{err: err})
-			continue
 		}
+		return
+	}
+	if c.def != nil {
+		// Answered by syncLoop once an fsync begun after this commit ends.
+		ds := make([]delivery, len(batch))
+		for i, p := range batch {
+			ds[i] = delivery{p: p, o: writeOutcome{r: rs[i]}}
+		}
+		c.syncQ <- ds
+		return
+	}
+	for i, p := range batch {
 		c.writes.Add(1)
 		p.deliver(writeOutcome{r: rs[i]})
 	}

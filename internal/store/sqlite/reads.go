@@ -117,10 +117,17 @@ func (s *Store) Setting(ctx context.Context, name string) (string, error) {
 }
 
 // SignatureByIdempotencyKey returns a tenant's signature by idempotency key.
+//
+// A signature it returns is durable: it may have been committed by the
+// group commit and not yet fsynced (deferred.go), so it fsyncs the WAL
+// before it answers.
 func (s *Store) SignatureByIdempotencyKey(ctx context.Context, tenantID, key string) (store.Signature, error) {
 	sg, err := scanSignature(s.queryRow(ctx, selectSignatureSQL+` WHERE tenant_id = ? AND idempotency_key = ?`, tenantID, key))
 	if err != nil {
 		return store.Signature{}, notFound(err, "signature for idempotency key "+key)
+	}
+	if err := s.SyncCommitted(ctx); err != nil {
+		return store.Signature{}, err
 	}
 	return sg, nil
 }

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,13 @@ type Store struct {
 	// the IMMEDIATE lock itself.
 	wmu   sync.Mutex
 	stmts *stmtCache
+
+	// Deferred sync (deferred.go): the group commit's connection, with
+	// synchronous=NORMAL, and the WAL file it fsyncs; nil when the store
+	// itself runs NORMAL.
+	sigConn *sql.Conn
+	walMu   sync.Mutex
+	wal     *os.File
 
 	// The background checkpointer (checkpoint.go).
 	stopCkpt context.CancelFunc
@@ -73,6 +81,12 @@ func Open(ctx context.Context, path string, opts store.Options) (*Store, error) 
 	if err := s.prepare(ctx, opts); err != nil {
 		s.Close()
 		return nil, err
+	}
+	if !strings.EqualFold(opts.Synchronous, store.SyncNormal) {
+		if err := s.openSigConn(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
 	}
 	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopCkpt, s.ckptDone = cancel, make(chan struct{})
@@ -130,6 +144,7 @@ func (s *Store) Close() error {
 		<-s.ckptDone
 	}
 	s.stmts.close()
+	s.closeSigConn()
 	return s.db.Close()
 }
 
@@ -226,9 +241,14 @@ func txContext(ctx context.Context) (context.Context, error) {
 
 // write runs fn in one IMMEDIATE transaction and commits it.
 func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return s.writeOn(ctx, s.db.BeginTx, fn)
+}
+
+// writeOn is write in a transaction begun by begin.
+func (s *Store) writeOn(ctx context.Context, begin func(context.Context, *sql.TxOptions) (*sql.Tx, error), fn func(tx *sql.Tx) error) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := begin(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sqlite: begin: %w", err)
 	}

@@ -183,6 +183,13 @@ func (s *Store) SetSetting(ctx context.Context, name, value string, ev store.Aud
 // job fails the batch with store.ErrIdempotencyTaken (the Committer then
 // retries the other writes one by one).
 func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite) ([]store.WriteResult, error) {
+	return s.commitSignatures(ctx, ws, s.db.BeginTx)
+}
+
+// commitSignatures is CommitSignatures in a transaction begun by begin (on
+// the pool, or on the deferred-sync connection: deferred.go).
+func (s *Store) commitSignatures(ctx context.Context, ws []store.SignatureWrite,
+	begin func(context.Context, *sql.TxOptions) (*sql.Tx, error)) ([]store.WriteResult, error) {
 	res := make([]store.WriteResult, len(ws))
 	if len(ws) == 0 {
 		return res, nil
@@ -191,7 +198,7 @@ func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite)
 	if err != nil {
 		return nil, err
 	}
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	err = s.writeOn(ctx, begin, func(tx *sql.Tx) error {
 		next, err := s.nextIndex(ctx, tx)
 		if err != nil {
 			return err

@@ -1,0 +1,94 @@
+package sqlite
+
+import (
+	"os"
+	"testing"
+
+	"github.com/countersign/countersign/internal/store"
+)
+
+// A FULL store commits signature batches on a NORMAL connection and
+// fsyncs the WAL separately; every other write keeps FULL. A NORMAL store
+// has nothing to defer.
+func TestDeferredSyncConnections(t *testing.T) {
+	ctx := t.Context()
+	var _ store.DeferredSyncer = (*Store)(nil)
+	s := openTemp(t, store.Options{Migrate: true})
+	var sig, pool int
+	if err := s.sigConn.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&sig); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&pool); err != nil {
+		t.Fatal(err)
+	}
+	if sig != 1 || pool != 2 {
+		t.Fatalf("synchronous: group commit connection %d, pool %d; want 1 (NORMAL) and 2 (FULL)", sig, pool)
+	}
+	if _, b, err := s.Durability(ctx); err != nil || b != store.SyncFull {
+		t.Fatalf("Durability = %q, %v; want FULL (what an answered write survived)", b, err)
+	}
+	ws := []store.SignatureWrite{{
+		Signature: store.Signature{ID: "sig_1", TenantID: "t", IdempotencyKey: "k1", Signature: []byte{1}},
+		Event:     store.AuditEvent{Type: "signature.created", Subject: "sig_1", Entry: []byte(`{"k":"k1"}`)}}}
+	rs, err := s.CommitSignaturesNoSync(ctx, ws)
+	if err != nil || len(rs) != 1 || rs[0].Existing != nil {
+		t.Fatalf("CommitSignaturesNoSync = %+v, %v", rs, err)
+	}
+	if err := s.SyncCommitted(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The fsynced file is the WAL the store writes.
+	fi, err := os.Stat(s.path + "-wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.wal.Stat(); err != nil || !os.SameFile(st, fi) {
+		t.Fatalf("fsynced %v, the WAL is %v (%v)", st, fi, err)
+	}
+	// A replay of the key finds the stored signature through the same path.
+	rs, err = s.CommitSignaturesNoSync(ctx, ws)
+	if err != nil || rs[0].Existing == nil || rs[0].Existing.ID != "sig_1" {
+		t.Fatalf("replay = %+v, %v", rs, err)
+	}
+	if sg, err := s.SignatureByIdempotencyKey(ctx, "t", "k1"); err != nil || sg.ID != "sig_1" {
+		t.Fatalf("SignatureByIdempotencyKey = %+v, %v", sg, err)
+	}
+
+	n := openTemp(t, store.Options{Migrate: true, Synchronous: store.SyncNormal})
+	if n.sigConn != nil {
+		t.Fatal("a NORMAL store opened a separate group commit connection")
+	}
+	if err := n.SyncCommitted(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The WAL handle follows the file: if the WAL is replaced under the store
+// (never while its connections are open in practice), the next sync opens
+// the new one rather than fsyncing a deleted file.
+func TestDeferredSyncReopensReplacedWAL(t *testing.T) {
+	ctx := t.Context()
+	s := openTemp(t, store.Options{Migrate: true})
+	if err := s.SyncCommitted(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := s.wal
+	// Swap the path to a new inode with the same contents.
+	b, err := os.ReadFile(s.path + "-wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := s.path + "-wal.new"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, s.path+"-wal"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SyncCommitted(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s.wal == old {
+		t.Fatal("SyncCommitted kept fsyncing the replaced WAL")
+	}
+}
