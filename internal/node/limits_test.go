@@ -249,3 +249,17 @@ func TestReadyAndMetrics(t *testing.T) {
 		t.Error("/readyz 503 without Retry-After")
 	}
 }
+
+// failedCommitter is a committer that latched a durability failure.
+type failedCommitter struct{ node.Committer }
+
+func (failedCommitter) Err() error { return store.ErrNotDurable }
+
+// A node whose committer can no longer make commits durable is not ready.
+func TestNotReadyAfterDurabilityFailure(t *testing.T) {
+	e := newEnv(t, envOptions{node: func(c *node.Config) { c.Committer = failedCommitter{c.Committer} }})
+	r := e.call(t, "GET", "/readyz", "", nil, nil)
+	if r.status != 503 || !strings.Contains(string(r.body), "could not be made durable") {
+		t.Errorf("/readyz = %d %s, want 503 naming the durability failure", r.status, r.body)
+	}
+}

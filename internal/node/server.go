@@ -248,6 +248,15 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, unavailable("store unreachable", 1, err))
 		return
 	}
+	// A committer that can no longer make commits durable (a failed
+	// fsync: store.ErrNotDurable) fails every write until the process
+	// restarts; say so, so the gateway or Kubernetes takes it out.
+	if ce, ok := s.cfg.Committer.(interface{ Err() error }); ok {
+		if err := ce.Err(); err != nil {
+			s.writeError(w, r, unavailable("not ready: "+err.Error(), 1, err))
+			return
+		}
+	}
 	if s.cfg.Ready != nil {
 		if err := s.cfg.Ready(ctx); err != nil {
 			s.writeError(w, r, unavailable("not ready: "+err.Error(), 1, err))

@@ -78,6 +78,11 @@ func (c *Committer) syncLoop() {
 	}
 }
 
+// Err returns the error that stops the Committer from accepting writes
+// (a latched ErrNotDurable), or nil: a node reports itself not ready while
+// it is set.
+func (c *Committer) Err() error { return c.notDurable() }
+
 // notDurable returns the latched ErrNotDurable, or nil.
 func (c *Committer) notDurable() error {
 	if e := c.durErr.Load(); e != nil {

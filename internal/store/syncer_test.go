@@ -146,8 +146,14 @@ func TestCommitterLatchesFailedSync(t *testing.T) {
 	}
 	c := NewCommitter(t.Context(), s, CommitterConfig{})
 	defer c.Close()
+	if err := c.Err(); err != nil {
+		t.Fatalf("Err before any failure = %v", err)
+	}
 	if _, err := c.Commit(t.Context(), sw("a")); !errors.Is(err, ErrNotDurable) {
 		t.Fatalf("Commit whose fsync failed = %v, want ErrNotDurable", err)
+	}
+	if err := c.Err(); !errors.Is(err, ErrNotDurable) {
+		t.Errorf("Err after a failed fsync = %v, want ErrNotDurable", err)
 	}
 	_, errs := c.CommitAll(t.Context(), []SignatureWrite{sw("b"), sw("c")})
 	for i, err := range errs {
