@@ -92,3 +92,24 @@ func TestDeferredSyncReopensReplacedWAL(t *testing.T) {
 		t.Fatal("SyncCommitted kept fsyncing the replaced WAL")
 	}
 }
+
+// If the group commit's connection is gone, batches still commit, on the
+// pool (durably), instead of failing until restart.
+func TestDeferredSyncFallsBackWhenConnectionGone(t *testing.T) {
+	ctx := t.Context()
+	s := openTemp(t, store.Options{Migrate: true})
+	s.sigConn.Close()
+	ws := []store.SignatureWrite{{
+		Signature: store.Signature{ID: "sig_2", TenantID: "t", IdempotencyKey: "k2", Signature: []byte{2}},
+		Event:     store.AuditEvent{Type: "signature.created", Subject: "sig_2", Entry: []byte(`{"k":"k2"}`)}}}
+	rs, err := s.CommitSignaturesNoSync(ctx, ws)
+	if err != nil || len(rs) != 1 || rs[0].Existing != nil {
+		t.Fatalf("CommitSignaturesNoSync on a closed connection = %+v, %v; want a commit on the pool", rs, err)
+	}
+	if err := s.SyncCommitted(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sg, err := s.SignatureByIdempotencyKey(ctx, "t", "k2"); err != nil || sg.ID != "sig_2" {
+		t.Fatalf("SignatureByIdempotencyKey = %+v, %v", sg, err)
+	}
+}
