@@ -227,11 +227,12 @@ func (c *Committer) drain(batch *[]*pendingWrite) bool {
 }
 
 func (c *Committer) commit(batch []*pendingWrite) {
+	ds := make([]delivery, len(batch))
+	for i, p := range batch {
+		ds[i].p = p
+	}
 	if err := c.notDurable(); err != nil {
-		for _, p := range batch {
-			c.failed.Add(1)
-			p.deliver(writeOutcome{err: err})
-		}
+		c.answer(ds, err)
 		return
 	}
 	ws := make([]SignatureWrite, len(batch))
@@ -259,24 +260,30 @@ func (c *Committer) commit(batch []*pendingWrite) {
 		return
 	}
 	if err != nil {
-		for _, p := range batch {
-			c.failed.Add(1)
-			p.deliver(writeOutcome{err: err})
-		}
+		c.answer(ds, err)
 		return
+	}
+	for i := range ds {
+		ds[i].o = writeOutcome{r: rs[i]}
 	}
 	if c.def != nil {
-		// Answered by syncLoop once an fsync begun after this commit ends.
-		ds := make([]delivery, len(batch))
-		for i, p := range batch {
-			ds[i] = delivery{p: p, o: writeOutcome{r: rs[i]}}
-		}
-		c.syncQ <- ds
+		c.syncQ <- ds // answered by syncLoop once an fsync begun after this commit ends
 		return
 	}
-	for i, p := range batch {
+	c.answer(ds, nil)
+}
+
+// answer delivers each write's outcome, or err to every write when err is
+// set, and counts them.
+func (c *Committer) answer(ds []delivery, err error) {
+	for _, d := range ds {
+		if err != nil {
+			c.failed.Add(1)
+			d.p.deliver(writeOutcome{err: err})
+			continue
+		}
 		c.writes.Add(1)
-		p.deliver(writeOutcome{r: rs[i]})
+		d.p.deliver(d.o)
 	}
 }
 

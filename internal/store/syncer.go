@@ -65,15 +65,7 @@ func (c *Committer) syncLoop() {
 			}
 		}
 		for _, ds := range pend {
-			for _, d := range ds {
-				if err != nil {
-					c.failed.Add(1)
-					d.p.deliver(writeOutcome{err: err})
-					continue
-				}
-				c.writes.Add(1)
-				d.p.deliver(d.o)
-			}
+			c.answer(ds, err)
 		}
 	}
 }
