@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/countersign/countersign/internal/api"
 )
 
@@ -147,5 +149,30 @@ func TestNewRejectsBadURL(t *testing.T) {
 		if _, err := New(u, "t"); err == nil {
 			t.Errorf("New(%q) accepted", u)
 		}
+	}
+}
+
+func TestNewIdempotencyKeyIsTimeOrderedUUID(t *testing.T) {
+	prev := ""
+	seen := make(map[string]bool)
+	for i := 0; i < 10000; i++ {
+		k := NewIdempotencyKey()
+		u, err := uuid.Parse(k)
+		if err != nil || len(k) != 36 {
+			t.Fatalf("key %q is not a canonical UUID: %v", k, err)
+		}
+		if u.Version() != 7 || u.Variant() != uuid.RFC4122 {
+			t.Fatalf("key %q: version %d variant %v, want 7 and RFC 4122", k, u.Version(), u.Variant())
+		}
+		if seen[k] {
+			t.Fatalf("key %q made twice", k)
+		}
+		seen[k] = true
+		// Keys made one after the other sort one after the other: that
+		// is what keeps the server's index inserts on adjacent pages.
+		if k <= prev {
+			t.Fatalf("key %q does not sort after the previous %q", k, prev)
+		}
+		prev = k
 	}
 }

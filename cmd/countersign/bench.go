@@ -29,19 +29,22 @@ func init() {
 
 // benchReport is what `bench sign --json` prints.
 type benchReport struct {
-	Server      string  `json:"server"`
-	Key         string  `json:"key"`
-	Algorithm   string  `json:"algorithm"`
-	Format      string  `json:"format"`
-	Batch       int     `json:"batch"`
-	Concurrency int     `json:"concurrency"`
-	DurationS   float64 `json:"duration_s"`
-	Signatures  int64   `json:"signatures"`
-	Failed      int64   `json:"failed"`
-	OpsPerS     float64 `json:"ops_per_s"`
-	P50Ms       float64 `json:"p50_ms"`
-	P99Ms       float64 `json:"p99_ms"`
-	ServerCPUUs float64 `json:"server_cpu_per_sig_us,omitempty"`
+	Server      string `json:"server"`
+	Key         string `json:"key"`
+	Algorithm   string `json:"algorithm"`
+	Format      string `json:"format"`
+	Batch       int    `json:"batch"`
+	Concurrency int    `json:"concurrency"`
+	// IdempotencyKeys is the style of the keys sent: "uuidv7" (time
+	// ordered, what the client SDK sends) or "uuidv4" (random).
+	IdempotencyKeys string  `json:"idempotency_keys"`
+	DurationS       float64 `json:"duration_s"`
+	Signatures      int64   `json:"signatures"`
+	Failed          int64   `json:"failed"`
+	OpsPerS         float64 `json:"ops_per_s"`
+	P50Ms           float64 `json:"p50_ms"`
+	P99Ms           float64 `json:"p99_ms"`
+	ServerCPUUs     float64 `json:"server_cpu_per_sig_us,omitempty"`
 	// ClientCPUUs is this load generator's own CPU per signature: on a
 	// machine where it shares the cores with the server, what it burns is
 	// not available to the server.
@@ -78,6 +81,7 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	dur := fs.Duration("duration", 10*time.Second, "how long to apply load (per round)")
 	batch := fs.Int("batch", 0, "items per POST /v1/sign:batch (0: single POST /v1/sign)")
 	docSize := fs.Int("doc-size", 256, "document size in bytes")
+	keyStyle := fs.String("idempotency-keys", "uuidv7", "uuidv7 (time-ordered, what the client SDK sends) | uuidv4 (random)")
 	limitDur := fs.Duration("crypto-duration", 2*time.Second, "how long to measure the raw crypto limit (each of single and all cores)")
 	rounds := fs.Int("rounds", 1, "load runs, each between two measurements of the raw crypto limit; the report gives the median of each figure and every round")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
@@ -86,6 +90,10 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	if *rounds < 1 {
 		return usageError("--rounds must be at least 1")
+	}
+	keyStyleV, err := bench.ParseKeyStyle(*keyStyle)
+	if err != nil {
+		return usageError("--idempotency-keys: %v", err)
 	}
 	token, err := readToken(env, *tokenFile)
 	if err != nil {
@@ -124,12 +132,11 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := c.Sign(ctx, client.SignRequest{Key: *key, Format: client.Format(*format), Document: doc}); err != nil {
 		return fmt.Errorf("warm-up sign: %w", err)
 	}
-	run := fmt.Sprintf("%x", time.Now().UnixNano())
 	// One keep-alive connection per worker, each with its request encoded
 	// once (see bench.SignConn for why not net/http and encoding/json).
 	conns := make([]*bench.SignConn, *conc)
 	for w := range conns {
-		sc, err := bench.NewSignConn(*server, token, fmt.Sprintf("bench-%s-%d-", run, w),
+		sc, err := bench.NewSignConn(*server, token, "bench-", keyStyleV,
 			client.SignRequest{Key: *key, Format: client.Format(*format), Document: doc}, *batch)
 		if err != nil {
 			return err
@@ -175,6 +182,7 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	rep := summarise(rs)
 	rep.Server, rep.Key, rep.Algorithm, rep.Format, rep.Batch, rep.Concurrency = *server, *key, alg, *format, *batch, *conc
+	rep.IdempotencyKeys = keyStyleV.String()
 	rep.Machine = machine()
 	if *asJSON {
 		b, _ := json.MarshalIndent(rep, "", "  ")
@@ -280,6 +288,7 @@ func printBenchReport(w io.Writer, rep *benchReport) {
 		fmt.Fprintf(w, " per round, %d rounds (figures below are medians)", n)
 	}
 	fmt.Fprintln(w)
+	fmt.Fprintf(w, "keys          idempotency keys %s\n", rep.IdempotencyKeys)
 	if rep.Durability != "" {
 		fmt.Fprintf(w, "durability    %s (what a 200 had survived)\n", rep.Durability)
 	} else {

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/countersign/countersign/internal/api"
 )
 
@@ -25,7 +27,7 @@ import (
 // server and lowers the measured ratio. net/http's client plus JSON
 // encoding and decoding cost 35–48 µs per request; this costs a few. The
 // request is encoded once; per request only the idempotency keys' fixed-
-// width counters are rewritten in place. The response is parsed only as far
+// width keys are rewritten in place. The response is parsed only as far
 // as the bench needs: status line, Content-Length or chunked framing,
 // Connection: close, and the body is checked for the expected success
 // shape; anything else is decoded with encoding/json for its problem.
@@ -35,9 +37,9 @@ type SignConn struct {
 	addr, host string
 	tls        *tls.Config
 	req        []byte // the whole request: header and body
-	slots      []int  // offsets in req of each idempotency key's counter
+	slots      []int  // offsets in req of each idempotency key's UUID
 	items      int    // batch items; 0 for a single POST /v1/sign
-	seq        uint64
+	keys       KeyStyle
 	conn       net.Conn
 	br         *bufio.Reader
 	stopCancel func() bool
@@ -46,21 +48,63 @@ type SignConn struct {
 	Dials int
 }
 
-// counterWidth is the width of the hex counter at the end of every
-// idempotency key: fixed, so Content-Length never changes.
-const counterWidth = 16
+// KeyStyle is how a SignConn makes idempotency keys. The store indexes
+// signatures by (tenant, idempotency key), so the style decides where in
+// that index each new signature lands: the load generator must say which
+// one it measured.
+type KeyStyle int
+
+const (
+	// KeysUUIDv7 are time-ordered UUIDs (RFC 9562 version 7), what
+	// client.NewIdempotencyKey makes: consecutive keys, from every worker,
+	// sort next to each other.
+	KeysUUIDv7 KeyStyle = iota
+	// KeysUUIDv4 are random UUIDs: every key lands on a random page of the
+	// index (what a client that draws random keys costs the server).
+	KeysUUIDv4
+)
+
+// String returns the style's flag value.
+func (k KeyStyle) String() string {
+	if k == KeysUUIDv4 {
+		return "uuidv4"
+	}
+	return "uuidv7"
+}
+
+// ParseKeyStyle parses "uuidv7" or "uuidv4".
+func ParseKeyStyle(s string) (KeyStyle, error) {
+	switch s {
+	case "uuidv7":
+		return KeysUUIDv7, nil
+	case "uuidv4":
+		return KeysUUIDv4, nil
+	}
+	return 0, fmt.Errorf("bench: idempotency key style %q: want uuidv7 or uuidv4", s)
+}
+
+func (k KeyStyle) next() (uuid.UUID, error) {
+	if k == KeysUUIDv4 {
+		return uuid.NewRandom()
+	}
+	return uuid.NewV7()
+}
+
+// keyWidth is the width of the UUID at the end of every idempotency key:
+// fixed, so Content-Length never changes.
+const keyWidth = 36
 
 // NewSignConn prepares a worker's connection to base (http or https URL)
 // for POST /v1/sign of req, or POST /v1/sign:batch of batch copies of req
-// when batch > 0. Every idempotency key is keyPrefix, then a fixed-width
-// counter unique within this SignConn: keyPrefix must be unique per worker
-// and run. Nothing is dialled until the first Do.
-func NewSignConn(base, token, keyPrefix string, req api.SignRequest, batch int) (*SignConn, error) {
+// when batch > 0. Every idempotency key is keyPrefix, then a fresh UUID of
+// the given style per request and item. Nothing is dialled until the first
+// Do.
+func NewSignConn(base, token, keyPrefix string, keys KeyStyle, req api.SignRequest, batch int) (*SignConn, error) {
 	u, err := url.Parse(base)
 	if err != nil {
 		return nil, fmt.Errorf("bench: server URL: %w", err)
 	}
-	c := &SignConn{host: u.Host, items: batch}
+	c := &SignConn{host: u.Host, items: batch, keys: keys}
 	port := u.Port()
 	switch u.Scheme {
 	case "http":
@@ -81,7 +125,7 @@ func NewSignConn(base, token, keyPrefix string, req api.SignRequest, batch int) 
 		prefix = prefix[:len(prefix)-1]
 	}
 
-	placeholder := keyPrefix + string(bytes.Repeat([]byte{'0'}, counterWidth))
+	placeholder := keyPrefix + string(bytes.Repeat([]byte{'0'}, keyWidth))
 	var body []byte
 	path := prefix + "/v1/sign"
 	if batch > 0 {
@@ -186,8 +230,11 @@ func (e *ResponseError) Error() string {
 // any other connection failure is returned and the next Do dials anew.
 func (c *SignConn) Do(ctx context.Context) error {
 	for _, off := range c.slots {
-		c.seq++
-		putHex(c.req[off:off+counterWidth], c.seq)
+		u, err := c.keys.next()
+		if err != nil {
+			return fmt.Errorf("bench: idempotency key: %w", err)
+		}
+		copy(c.req[off:off+keyWidth], u.String())
 	}
 	for attempt := 0; ; attempt++ {
 		reused := c.conn != nil
@@ -354,14 +401,6 @@ func (c *SignConn) check(status int) error {
 
 // Body is the last response body read; valid until the next Do.
 func (c *SignConn) Body() []byte { return c.body }
-
-func putHex(dst []byte, v uint64) {
-	const digits = "0123456789abcdef"
-	for i := len(dst) - 1; i >= 0; i-- {
-		dst[i] = digits[v&15]
-		v >>= 4
-	}
-}
 
 func growTo(b []byte, n int) []byte {
 	if cap(b) >= n {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/countersign/countersign/internal/api"
 )
 
@@ -24,6 +26,7 @@ type signServer struct {
 	t       *testing.T
 	mu      sync.Mutex
 	keys    map[string]bool
+	order   []string // keys in the order they arrived
 	dup     string
 	n       atomic.Int64
 	hook    func(n int64, w http.ResponseWriter, r *http.Request) bool // true: answered
@@ -45,6 +48,7 @@ func (s *signServer) seen(k string) {
 		s.dup = k
 	}
 	s.keys[k] = true
+	s.order = append(s.order, k)
 }
 
 // distinct returns how many distinct keys the server saw and the first
@@ -111,7 +115,7 @@ func testReq() api.SignRequest {
 
 func TestSignConnSingleKeepAliveUniqueKeys(t *testing.T) {
 	s, ts := newSignServer(t)
-	c, err := NewSignConn(ts.URL, "tok", "w0-", testReq(), 0)
+	c, err := NewSignConn(ts.URL, "tok", "w0-", KeysUUIDv7, testReq(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +138,7 @@ func TestSignConnSingleKeepAliveUniqueKeys(t *testing.T) {
 
 func TestSignConnBatch(t *testing.T) {
 	s, ts := newSignServer(t)
-	c, err := NewSignConn(ts.URL+"/", "tok", "w1-", testReq(), 100)
+	c, err := NewSignConn(ts.URL+"/", "tok", "w1-", KeysUUIDv4, testReq(), 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +177,7 @@ func TestSignConnProblem(t *testing.T) {
 		}
 		return false
 	}
-	c, err := NewSignConn(ts.URL, "tok", "w-", testReq(), 0)
+	c, err := NewSignConn(ts.URL, "tok", "w-", KeysUUIDv7, testReq(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +212,7 @@ func TestSignConnReconnects(t *testing.T) {
 		}
 		return false
 	}
-	c, err := NewSignConn(ts.URL, "tok", "w-", testReq(), 0)
+	c, err := NewSignConn(ts.URL, "tok", "w-", KeysUUIDv7, testReq(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +245,7 @@ func TestSignConnHonoursDeadline(t *testing.T) {
 		}
 		return true
 	}
-	c, err := NewSignConn(ts.URL, "tok", "w-", testReq(), 0)
+	c, err := NewSignConn(ts.URL, "tok", "w-", KeysUUIDv7, testReq(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +266,7 @@ func TestSignConnUnderLoad(t *testing.T) {
 	s, ts := newSignServer(t)
 	conns := make([]*SignConn, 4)
 	for w := range conns {
-		c, err := NewSignConn(ts.URL, "tok", fmt.Sprintf("w%d-", w), testReq(), 0)
+		c, err := NewSignConn(ts.URL, "tok", fmt.Sprintf("w%d-", w), KeysUUIDv7, testReq(), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -285,12 +289,59 @@ func TestSignConnUnderLoad(t *testing.T) {
 }
 
 func TestNewSignConnRejects(t *testing.T) {
-	if _, err := NewSignConn("ftp://x", "tok", "w-", testReq(), 0); err == nil {
+	if _, err := NewSignConn("ftp://x", "tok", "w-", KeysUUIDv7, testReq(), 0); err == nil {
 		t.Error("ftp scheme: got nil error")
 	}
-	// A key prefix that also appears in the body would make the counter
-	// slots ambiguous.
-	if _, err := NewSignConn("http://x", "tok", "k", api.SignRequest{Key: "k0000000000000000", Format: api.FormatRaw, Document: []byte("d")}, 2); err == nil {
+	// A key prefix that also appears in the body would make the key slots
+	// ambiguous.
+	if _, err := NewSignConn("http://x", "tok", "k", KeysUUIDv7, api.SignRequest{Key: "k" + strings.Repeat("0", keyWidth), Format: api.FormatRaw, Document: []byte("d")}, 2); err == nil {
 		t.Error("ambiguous key prefix: got nil error")
+	}
+}
+
+func TestSignConnKeyStyles(t *testing.T) {
+	for _, style := range []KeyStyle{KeysUUIDv7, KeysUUIDv4} {
+		t.Run(style.String(), func(t *testing.T) {
+			if got, err := ParseKeyStyle(style.String()); err != nil || got != style {
+				t.Fatalf("ParseKeyStyle(%q) = %v, %v", style, got, err)
+			}
+			s, ts := newSignServer(t)
+			c, err := NewSignConn(ts.URL, "tok", "bench-", style, testReq(), 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for i := range 20 {
+				if err := c.Do(t.Context()); err != nil {
+					t.Fatalf("batch %d: %v", i, err)
+				}
+			}
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if len(s.keys) != 200 || s.dup != "" {
+				t.Fatalf("%d distinct keys (duplicate %q), want 200", len(s.keys), s.dup)
+			}
+			ordered := true
+			for i, k := range s.order {
+				u, err := uuid.Parse(strings.TrimPrefix(k, "bench-"))
+				if !strings.HasPrefix(k, "bench-") || err != nil {
+					t.Fatalf("key %q: want bench- and a UUID (%v)", k, err)
+				}
+				want := map[KeyStyle]uuid.Version{KeysUUIDv7: 7, KeysUUIDv4: 4}[style]
+				if u.Version() != want {
+					t.Fatalf("key %q: UUID version %d, want %d", k, u.Version(), want)
+				}
+				if i > 0 && k <= s.order[i-1] {
+					ordered = false
+				}
+			}
+			// Time-ordered keys arrive sorted; 200 random ones never do.
+			if ordered != (style == KeysUUIDv7) {
+				t.Errorf("keys sorted in arrival order = %v for %s", ordered, style)
+			}
+		})
+	}
+	if _, err := ParseKeyStyle("counter"); err == nil {
+		t.Error(`ParseKeyStyle("counter"): got nil error`)
 	}
 }
