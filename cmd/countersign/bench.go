@@ -37,14 +37,25 @@ type benchReport struct {
 	Concurrency int    `json:"concurrency"`
 	// IdempotencyKeys is the style of the keys sent: "uuidv7" (time
 	// ordered, what the client SDK sends) or "uuidv4" (random).
-	IdempotencyKeys string  `json:"idempotency_keys"`
-	DurationS       float64 `json:"duration_s"`
-	Signatures      int64   `json:"signatures"`
-	Failed          int64   `json:"failed"`
-	OpsPerS         float64 `json:"ops_per_s"`
-	P50Ms           float64 `json:"p50_ms"`
-	P99Ms           float64 `json:"p99_ms"`
-	ServerCPUUs     float64 `json:"server_cpu_per_sig_us,omitempty"`
+	IdempotencyKeys string `json:"idempotency_keys"`
+	// The figures of the one round, or the median of each over the
+	// rounds (counts summed; see summarise).
+	benchFigures
+	Machine map[string]string `json:"machine"`
+	// Rounds holds every round when there were several.
+	Rounds []benchRound `json:"rounds,omitempty"`
+}
+
+// benchFigures are what a load run measured (a round's own, or a report's
+// medians). JSON inlines them into both benchReport and benchRound.
+type benchFigures struct {
+	DurationS   float64 `json:"duration_s"`
+	Signatures  int64   `json:"signatures"`
+	Failed      int64   `json:"failed"`
+	OpsPerS     float64 `json:"ops_per_s"`
+	P50Ms       float64 `json:"p50_ms"`
+	P99Ms       float64 `json:"p99_ms"`
+	ServerCPUUs float64 `json:"server_cpu_per_sig_us,omitempty"`
 	// ClientCPUUs is this load generator's own CPU per signature: on a
 	// machine where it shares the cores with the server, what it burns is
 	// not available to the server.
@@ -61,11 +72,8 @@ type benchReport struct {
 	MeanCommitBatch float64 `json:"mean_commit_batch,omitempty"`
 	// Durability is what the server's commits survive, as it reports it:
 	// "sqlite synchronous=FULL", "postgres synchronous_commit=on".
-	Durability string            `json:"durability,omitempty"`
-	Machine    map[string]string `json:"machine"`
-	FirstError string            `json:"first_error,omitempty"`
-	// Rounds holds every round when there were several.
-	Rounds []benchRound `json:"rounds,omitempty"`
+	Durability string `json:"durability,omitempty"`
+	FirstError string `json:"first_error,omitempty"`
 }
 
 func runBench(ctx context.Context, env *cliEnv, args []string) error {
@@ -159,9 +167,9 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		rd := benchRound{DurationS: elapsed.Seconds(), Signatures: ok * perReq, Failed: failed,
+		rd := benchRound{benchFigures: benchFigures{DurationS: elapsed.Seconds(), Signatures: ok * perReq, Failed: failed,
 			OpsPerS: float64(ok*perReq) / elapsed.Seconds(),
-			P50Ms:   float64(lat.Quantile(0.50)) / 1e6, P99Ms: float64(lat.Quantile(0.99)) / 1e6,
+			P50Ms:   float64(lat.Quantile(0.50)) / 1e6, P99Ms: float64(lat.Quantile(0.99)) / 1e6},
 			LimitBefore: limit, LimitAfter: limitAfter}
 		if firstErr != nil {
 			rd.FirstError = firstErr.Error()
@@ -196,23 +204,9 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 // benchRound is one load run and the crypto limit measured on each side
 // of it. Ratios use the mean of the two limits.
 type benchRound struct {
-	DurationS       float64           `json:"duration_s"`
-	Signatures      int64             `json:"signatures"`
-	Failed          int64             `json:"failed"`
-	OpsPerS         float64           `json:"ops_per_s"`
-	P50Ms           float64           `json:"p50_ms"`
-	P99Ms           float64           `json:"p99_ms"`
-	ServerCPUUs     float64           `json:"server_cpu_per_sig_us,omitempty"`
-	ClientCPUUs     float64           `json:"client_cpu_per_sig_us,omitempty"`
-	LimitBefore     bench.CryptoLimit `json:"crypto_limit_before"`
-	LimitAfter      bench.CryptoLimit `json:"crypto_limit_after"`
-	Limit           bench.CryptoLimit `json:"crypto_limit"`
-	CryptoDrift     float64           `json:"crypto_drift"`
-	RatioParallel   float64           `json:"ratio_to_parallel_limit"`
-	RatioCPU        float64           `json:"server_cpu_ratio_to_crypto,omitempty"`
-	MeanCommitBatch float64           `json:"mean_commit_batch,omitempty"`
-	Durability      string            `json:"durability,omitempty"`
-	FirstError      string            `json:"first_error,omitempty"`
+	benchFigures
+	LimitBefore bench.CryptoLimit `json:"crypto_limit_before"`
+	LimitAfter  bench.CryptoLimit `json:"crypto_limit_after"`
 }
 
 // settle derives the round's limit (the mean of the measurements on each
@@ -247,7 +241,7 @@ func summarise(rs []benchRound) benchReport {
 		}
 		return (v[len(v)/2-1] + v[len(v)/2]) / 2
 	}
-	rep := benchReport{
+	rep := benchReport{benchFigures: benchFigures{
 		DurationS:   med(func(r *benchRound) float64 { return r.DurationS }),
 		OpsPerS:     med(func(r *benchRound) float64 { return r.OpsPerS }),
 		P50Ms:       med(func(r *benchRound) float64 { return r.P50Ms }),
@@ -263,7 +257,7 @@ func summarise(rs []benchRound) benchReport {
 		RatioCPU:        med(func(r *benchRound) float64 { return r.RatioCPU }),
 		MeanCommitBatch: med(func(r *benchRound) float64 { return r.MeanCommitBatch }),
 		Durability:      rs[len(rs)-1].Durability,
-	}
+	}}
 	for i := range rs {
 		rep.Signatures += rs[i].Signatures
 		rep.Failed += rs[i].Failed

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"math"
 	"strings"
 	"testing"
@@ -16,7 +17,7 @@ func limitOf(cpuUs, all float64) bench.CryptoLimit {
 // A round's ratios use the mean of the limits measured on each side of
 // its load, and the drift says how far apart they were.
 func TestBenchRoundSettle(t *testing.T) {
-	r := benchRound{OpsPerS: 6000, ServerCPUUs: 200, LimitBefore: limitOf(40, 40000), LimitAfter: limitOf(60, 30000)}
+	r := benchRound{benchFigures: benchFigures{OpsPerS: 6000, ServerCPUUs: 200}, LimitBefore: limitOf(40, 40000), LimitAfter: limitOf(60, 30000)}
 	r.settle()
 	if r.Limit.CPUPerOpMicro != 50 || r.Limit.AllCores != 35000 {
 		t.Fatalf("limit = %+v, want the mean of before and after (50 µs, 35000/s)", r.Limit)
@@ -34,8 +35,8 @@ func TestBenchRoundSettle(t *testing.T) {
 func TestBenchSummariseRounds(t *testing.T) {
 	var rs []benchRound
 	for i, ops := range []float64{5000, 9000, 6000} {
-		r := benchRound{OpsPerS: ops, Signatures: int64(ops), Failed: int64(i), ServerCPUUs: 100 + 50*float64(i),
-			LimitBefore: limitOf(50, 40000), LimitAfter: limitOf([]float64{50, 52, 70}[i], 40000), Durability: "sqlite synchronous=FULL"}
+		r := benchRound{benchFigures: benchFigures{OpsPerS: ops, Signatures: int64(ops), Failed: int64(i), ServerCPUUs: 100 + 50*float64(i),
+			Durability: "sqlite synchronous=FULL"}, LimitBefore: limitOf(50, 40000), LimitAfter: limitOf([]float64{50, 52, 70}[i], 40000)}
 		if i == 1 {
 			r.FirstError = "boom"
 		}
@@ -52,6 +53,21 @@ func TestBenchSummariseRounds(t *testing.T) {
 	}
 	if want := 2.0 / 51; math.Abs(rep.CryptoDrift-want) > 1e-9 {
 		t.Errorf("median drift = %v, want %v", rep.CryptoDrift, want)
+	}
+	// The JSON keeps its flat shape: figures at the top level and in each
+	// round, beside the round's own limits.
+	var flat struct {
+		OpsPerS float64 `json:"ops_per_s"`
+		Rounds  []struct {
+			OpsPerS     float64           `json:"ops_per_s"`
+			LimitBefore bench.CryptoLimit `json:"crypto_limit_before"`
+		} `json:"rounds"`
+	}
+	if b, err := json.Marshal(rep); err != nil || json.Unmarshal(b, &flat) != nil {
+		t.Fatalf("JSON round trip: %v", err)
+	}
+	if flat.OpsPerS != 6000 || len(flat.Rounds) != 3 || flat.Rounds[1].OpsPerS != 9000 || flat.Rounds[1].LimitBefore.CPUPerOpMicro != 50 {
+		t.Errorf("JSON shape: %+v", flat)
 	}
 	var out bytes.Buffer
 	printBenchReport(&out, &rep)
