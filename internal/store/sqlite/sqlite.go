@@ -63,7 +63,7 @@ var _ store.Store = (*Store)(nil)
 // pending migrations if opts.Migrate, and refuses, with an error wrapping
 // store.ErrSchema, a database outside opts' schema range.
 func Open(ctx context.Context, path string, opts store.Options) (*Store, error) {
-	dsn, err := dsn(path, opts)
+	dsn, sync, err := dsn(path, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +82,7 @@ func Open(ctx context.Context, path string, opts store.Options) (*Store, error) 
 		s.Close()
 		return nil, err
 	}
-	if !strings.EqualFold(opts.Synchronous, store.SyncNormal) {
+	if sync == store.SyncFull {
 		if err := s.openSigConn(ctx); err != nil {
 			s.Close()
 			return nil, err
@@ -94,17 +94,19 @@ func Open(ctx context.Context, path string, opts store.Options) (*Store, error) 
 	return s, nil
 }
 
-func dsn(path string, opts store.Options) (string, error) {
+// dsn returns the driver's data source name for path and opts, and the
+// synchronous mode it sets (store.SyncFull or store.SyncNormal).
+func dsn(path string, opts store.Options) (dsn, sync string, err error) {
 	if path == "" || strings.ContainsAny(path, "?#") {
-		return "", fmt.Errorf("sqlite: invalid database path %q", path)
+		return "", "", fmt.Errorf("sqlite: invalid database path %q", path)
 	}
-	sync := strings.ToUpper(opts.Synchronous)
+	sync = strings.ToUpper(opts.Synchronous)
 	switch sync {
 	case "":
 		sync = store.SyncFull
 	case store.SyncFull, store.SyncNormal:
 	default:
-		return "", fmt.Errorf("sqlite: synchronous must be %s or %s, not %q", store.SyncFull, store.SyncNormal, opts.Synchronous)
+		return "", "", fmt.Errorf("sqlite: synchronous must be %s or %s, not %q", store.SyncFull, store.SyncNormal, opts.Synchronous)
 	}
 	busy := opts.BusyTimeout
 	if busy <= 0 {
@@ -122,7 +124,7 @@ func dsn(path string, opts store.Options) (string, error) {
 	// backstop on the committing connection.
 	q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", walAutocheckpoint))
 	q.Set("_txlock", "immediate")
-	return path + "?" + q.Encode(), nil
+	return path + "?" + q.Encode(), sync, nil
 }
 
 func (s *Store) prepare(ctx context.Context, opts store.Options) error {
