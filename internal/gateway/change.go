@@ -85,22 +85,32 @@ func (g *Gateway) SetWeights(ctx context.Context, weights map[string]int) error 
 }
 
 func (g *Gateway) checkWeightsLocked(weights map[string]int) (map[string]int, error) {
+	if err := ValidateWeights(func(name string) bool { _, ok := g.pools[name]; return ok }, weights); err != nil {
+		return nil, err
+	}
+	return maps.Clone(weights), nil
+}
+
+// ValidateWeights checks pool weights as every router applies them: each
+// named pool must exist (has), each weight be in [0,100] and the sum be
+// 100. Names are checked in sorted order, so the error is the same for the
+// same input.
+func ValidateWeights(has func(pool string) bool, weights map[string]int) error {
 	sum := 0
-	out := make(map[string]int, len(weights))
-	for name, w := range weights {
-		if _, ok := g.pools[name]; !ok {
-			return nil, fmt.Errorf("%w %q in weights", ErrUnknownPool, name)
+	for _, name := range slices.Sorted(maps.Keys(weights)) {
+		w := weights[name]
+		if !has(name) {
+			return fmt.Errorf("%w %q in weights", ErrUnknownPool, name)
 		}
 		if w < 0 || w > 100 {
-			return nil, fmt.Errorf("%w: weight of %q is %d, want 0..100", ErrInvalid, name, w)
+			return fmt.Errorf("%w: weight of %q is %d, want 0..100", ErrInvalid, name, w)
 		}
 		sum += w
-		out[name] = w
 	}
 	if sum != 100 {
-		return nil, fmt.Errorf("%w: weights sum to %d, want 100", ErrInvalid, sum)
+		return fmt.Errorf("%w: weights sum to %d, want 100", ErrInvalid, sum)
 	}
-	return out, nil
+	return nil
 }
 
 // SetGate opens or closes the maintenance gate. Turning it on without a

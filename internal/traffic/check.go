@@ -18,24 +18,12 @@ const MaxRetryAfter = 86400
 // gateway does: every named pool must exist, each weight be in [0,100] and
 // the sum be 100. It returns the full map, pools not named at 0.
 func CheckWeights(pools []string, weights map[string]int) (map[string]int, error) {
+	if err := gateway.ValidateWeights(func(name string) bool { return slices.Contains(pools, name) }, weights); err != nil {
+		return nil, fmt.Errorf("%w (pools: %v)", err, pools)
+	}
 	out := make(map[string]int, len(pools))
 	for _, p := range pools {
-		out[p] = 0
-	}
-	sum := 0
-	for _, name := range slices.Sorted(maps.Keys(weights)) {
-		w := weights[name]
-		if _, ok := out[name]; !ok {
-			return nil, fmt.Errorf("%w %q in weights (pools: %v)", gateway.ErrUnknownPool, name, pools)
-		}
-		if w < 0 || w > 100 {
-			return nil, fmt.Errorf("%w: weight of %q is %d, want 0..100", gateway.ErrInvalid, name, w)
-		}
-		sum += w
-		out[name] = w
-	}
-	if sum != 100 {
-		return nil, fmt.Errorf("%w: weights sum to %d, want 100", gateway.ErrInvalid, sum)
+		out[p] = weights[p]
 	}
 	return out, nil
 }
