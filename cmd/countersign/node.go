@@ -41,9 +41,13 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback address (e.g. 127.0.0.1:6060); off by default")
 	flagsPath := fs.String("flags", "", "flagd-format flag file of this release (validated at start, watched for changes); off when empty")
 	gcPercent := fs.Int("gc-percent", defaultGCPercent, "Go GC target percentage, as GOGC (0, or $GOGC set: the runtime's own setting); higher trades memory for less CPU per request")
+	linger := fs.Duration("commit-linger", store.DefaultLinger, "how long the group commit may wait for more signatures once several are arriving (0: commit at once); see docs/configuration.md")
 	qf := addQueueFlags(env, fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *linger < 0 || *linger > 100*time.Millisecond {
+		return usageError("--commit-linger %v: want 0 to 100ms", *linger)
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -108,7 +112,7 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 
 	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelRun()
-	committer := store.NewCommitter(runCtx, inst.Store, store.CommitterConfig{})
+	committer := store.NewCommitter(runCtx, inst.Store, store.CommitterConfig{Linger: *linger})
 	integrated := make(chan error, 1)
 	var integrator *auditlog.Integrator
 	if *integrate {

@@ -33,10 +33,31 @@ type BatchStats struct {
 	Err      error
 }
 
+// The commit linger (CommitterConfig.Linger): DefaultLinger is what the
+// node uses unless told otherwise (docs/benchmarks.md measures it); the
+// others are the defaults of LingerMin and LingerUntil.
+const (
+	DefaultLinger      = 500 * time.Microsecond
+	DefaultLingerMin   = 4
+	DefaultLingerUntil = 32
+)
+
 // CommitterConfig configures a Committer. The zero value is valid.
 type CommitterConfig struct {
 	// MaxBatch caps the writes per transaction (default DefaultMaxBatch).
 	MaxBatch int
+	// Linger, if positive, is how long the writer may wait for more writes
+	// before committing a batch that already holds at least LingerMin
+	// writes but fewer than LingerUntil: like PostgreSQL's commit_delay
+	// with commit_siblings, it only delays commits when other writes are
+	// arriving, and never a lone write. A commit's fixed cost (its WAL
+	// frames, the transaction's statements) is then shared by more
+	// signatures. Zero commits whatever is queued at once.
+	Linger time.Duration
+	// LingerMin is the batch size from which the writer lingers (default
+	// DefaultLingerMin); LingerUntil the size at which it stops (default
+	// DefaultLingerUntil).
+	LingerMin, LingerUntil int
 	// Observe, if set, is called by the writer goroutine after each batch;
 	// it must be quick (e.g. observe a histogram).
 	Observe func(BatchStats)
@@ -64,7 +85,8 @@ func (s CommitterStats) MeanBatch() float64 {
 // a durable commit's fsync, and the transaction's fixed costs, are paid
 // once per batch, not once per signature. There is no timer: an idle
 // writer commits a lone write at once, and batches form while a commit is
-// in flight (docs/benchmarks.md says why a commit delay was not kept).
+// in flight; with CommitterConfig.Linger the writer also waits briefly for
+// more writes when several are already arriving (docs/benchmarks.md).
 //
 // On a store that is a DeferredSyncer (SQLite) the writer commits without
 // waiting for the fsync, hands the batch to a second goroutine that fsyncs
@@ -119,6 +141,12 @@ type writeOutcome struct {
 func NewCommitter(ctx context.Context, s SignatureCommitter, cfg CommitterConfig) *Committer {
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.LingerMin <= 0 {
+		cfg.LingerMin = DefaultLingerMin
+	}
+	if cfg.LingerUntil <= 0 {
+		cfg.LingerUntil = DefaultLingerUntil
 	}
 	c := &Committer{s: s, ctx: ctx, cfg: cfg,
 		reqs: make(chan *pendingWrite, cfg.MaxBatch), done: make(chan struct{})}
@@ -187,6 +215,7 @@ func (c *Committer) run() {
 		defer close(c.syncQ)
 	}
 	batch := make([]*pendingWrite, 0, c.cfg.MaxBatch)
+	var timer *time.Timer // linger's, made on first use
 	for {
 		p, ok := <-c.reqs
 		if !ok {
@@ -202,11 +231,38 @@ func (c *Committer) run() {
 		// CPU per signature got worse (docs/benchmarks.md).
 		runtime.Gosched()
 		open := c.drain(&batch)
+		if open && c.cfg.Linger > 0 && len(batch) >= c.cfg.LingerMin && len(batch) < c.cfg.LingerUntil {
+			open = c.linger(&batch, &timer)
+		}
 		c.commit(batch)
 		if !open {
 			return
 		}
 	}
+}
+
+// linger waits up to Linger for more writes, until the batch holds
+// LingerUntil, then takes whatever else is queued (up to MaxBatch). Only
+// the writer goroutine calls it. It reports whether reqs is still open.
+func (c *Committer) linger(batch *[]*pendingWrite, timer **time.Timer) bool {
+	if *timer == nil {
+		*timer = time.NewTimer(c.cfg.Linger)
+	} else {
+		(*timer).Reset(c.cfg.Linger)
+	}
+	defer (*timer).Stop()
+	for len(*batch) < min(c.cfg.LingerUntil, c.cfg.MaxBatch) {
+		select {
+		case p, ok := <-c.reqs:
+			if !ok {
+				return false
+			}
+			*batch = append(*batch, p)
+		case <-(*timer).C:
+			return c.drain(batch)
+		}
+	}
+	return c.drain(batch)
 }
 
 // drain appends every queued write (up to MaxBatch) without blocking.
