@@ -112,7 +112,8 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 
 	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelRun()
-	committer := store.NewCommitter(runCtx, inst.Store, store.CommitterConfig{Linger: *linger})
+	commitMetrics := node.NewCommitMetrics()
+	committer := store.NewCommitter(runCtx, inst.Store, store.CommitterConfig{Linger: *linger, Observe: commitMetrics.Observe})
 	integrated := make(chan error, 1)
 	var integrator *auditlog.Integrator
 	if *integrate {
@@ -160,7 +161,7 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 	ncfg := node.Config{
 		Store: inst.Store, Committer: committer, Keys: inst.Keys,
 		Release: *release, Instance: *instance, MaxDocumentBytes: *maxDoc,
-		Faults: faults, CrashPoint: crash, Logger: logger, Durability: durability,
+		Faults: faults, CrashPoint: crash, Logger: logger, Durability: durability, CommitMetrics: commitMetrics,
 		Extra: map[string]http.Handler{auditlog.PathPrefix: auditlog.Handler(inst.Store, logger)},
 	}
 	if q != nil {

@@ -80,8 +80,9 @@ func serveDir(t testing.TB, dir, instance string, tune func(*node.Config)) (*ins
 		t.Fatalf("install.Open: %v", err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	committer := store.NewCommitter(runCtx, inst.Store, store.CommitterConfig{})
-	cfg := node.Config{Store: inst.Store, Committer: committer, Keys: inst.Keys,
+	cm := node.NewCommitMetrics()
+	committer := store.NewCommitter(runCtx, inst.Store, store.CommitterConfig{Observe: cm.Observe})
+	cfg := node.Config{Store: inst.Store, Committer: committer, Keys: inst.Keys, CommitMetrics: cm,
 		Release: "test-r1", Instance: instance, KeyCacheTTL: time.Nanosecond, Logger: quietLogger()}
 	if tune != nil {
 		tune(&cfg)

@@ -239,6 +239,11 @@ func TestReadyAndMetrics(t *testing.T) {
 	if r.status != 200 || !strings.Contains(string(r.body), `countersign_signatures_total{algorithm="ecdsa-p256",format="jws"} 1`) {
 		t.Errorf("/metrics lacks the signature counter:\n%s", r.body)
 	}
+	for _, want := range []string{"countersign_commit_batch_size_count 1", `countersign_commit_batch_size_bucket{le="1"} 1`, "countersign_commit_duration_seconds_count 1"} {
+		if !strings.Contains(string(r.body), want) {
+			t.Errorf("/metrics lacks %q (one sign, one group commit)", want)
+		}
+	}
 
 	// A second server whose store handle is closed is not ready.
 	inst, _, ts := serveDir(t, e.dir, "closed-store", nil)

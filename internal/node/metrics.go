@@ -107,3 +107,34 @@ func (m *metrics) watchCommitter(c Committer) {
 		}, func() float64 { st := cs.Stats(); return float64(st.Writes + st.Failed) }),
 	)
 }
+
+// CommitMetrics are histograms of the group commit's transactions: how
+// many signatures each held and how long it took (without the deferred
+// fsync). Pass Observe as store.CommitterConfig.Observe and the value as
+// Config.CommitMetrics, so /metrics shows what the commit linger
+// (--commit-linger) and the load make of the batches.
+type CommitMetrics struct {
+	size, dur prometheus.Histogram
+}
+
+// NewCommitMetrics returns unregistered commit histograms.
+func NewCommitMetrics() *CommitMetrics {
+	return &CommitMetrics{
+		size: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "countersign_commit_batch_size",
+			Help:    "Signature writes per group-commit transaction.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 9), // 1 .. 256 (store.DefaultMaxBatch)
+		}),
+		dur: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "countersign_commit_duration_seconds",
+			Help:    "Time a group-commit transaction took in the store, without the deferred fsync.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}),
+	}
+}
+
+// Observe records one committed batch; the committer's writer calls it.
+func (c *CommitMetrics) Observe(b store.BatchStats) {
+	c.size.Observe(float64(b.Size))
+	c.dur.Observe(b.Duration.Seconds())
+}

@@ -76,6 +76,9 @@ type Config struct {
 	// countersign_store_durability_info so benchmarks say what they
 	// measured. Zero when unknown.
 	Durability Durability
+	// CommitMetrics, when set, are exported on /metrics; the caller
+	// feeds them from the Committer (NewCommitMetrics).
+	CommitMetrics *CommitMetrics
 
 	Logger *slog.Logger
 	Now    func() time.Time
@@ -138,6 +141,9 @@ func New(cfg Config) (*Server, error) {
 	s.flights.m = make(map[string]*flight)
 	s.hdrRelease, s.hdrInstance = []string{cfg.Release}, []string{cfg.Instance}
 	s.metrics.watchCommitter(cfg.Committer)
+	if cfg.CommitMetrics != nil {
+		s.metrics.reg.MustRegister(cfg.CommitMetrics.size, cfg.CommitMetrics.dur)
+	}
 	if cfg.Durability.Backend != "" {
 		s.metrics.durability(cfg.Durability)
 	}
