@@ -83,10 +83,10 @@ func (s CommitterStats) MeanBatch() float64 {
 // writes, and one writer goroutine commits everything queued since its
 // previous commit (up to MaxBatch) in one CommitSignatures transaction, so
 // a durable commit's fsync, and the transaction's fixed costs, are paid
-// once per batch, not once per signature. There is no timer: an idle
-// writer commits a lone write at once, and batches form while a commit is
-// in flight; with CommitterConfig.Linger the writer also waits briefly for
-// more writes when several are already arriving (docs/benchmarks.md).
+// once per batch, not once per signature. An idle writer commits a lone
+// write at once, and batches form while a commit is in flight; with
+// CommitterConfig.Linger the writer also waits briefly for more writes when
+// several are already arriving (docs/benchmarks.md).
 //
 // On a store that is a DeferredSyncer (SQLite) the writer commits without
 // waiting for the fsync, hands the batch to a second goroutine that fsyncs
@@ -110,6 +110,10 @@ type Committer struct {
 
 	batches, writes, failed atomic.Uint64
 	maxSeen                 atomic.Int64
+
+	// lingerTimer is linger's, made on first use; only the writer
+	// goroutine touches it.
+	lingerTimer *time.Timer
 
 	// jobs group-commits async job writes when s is a JobBatchStore
 	// (jobcommitter.go); nil otherwise.
@@ -215,7 +219,6 @@ func (c *Committer) run() {
 		defer close(c.syncQ)
 	}
 	batch := make([]*pendingWrite, 0, c.cfg.MaxBatch)
-	var timer *time.Timer // linger's, made on first use
 	for {
 		p, ok := <-c.reqs
 		if !ok {
@@ -232,7 +235,7 @@ func (c *Committer) run() {
 		runtime.Gosched()
 		open := c.drain(&batch)
 		if open && c.cfg.Linger > 0 && len(batch) >= c.cfg.LingerMin && len(batch) < c.cfg.LingerUntil {
-			open = c.linger(&batch, &timer)
+			open = c.linger(&batch)
 		}
 		c.commit(batch)
 		if !open {
@@ -244,13 +247,13 @@ func (c *Committer) run() {
 // linger waits up to Linger for more writes, until the batch holds
 // LingerUntil, then takes whatever else is queued (up to MaxBatch). Only
 // the writer goroutine calls it. It reports whether reqs is still open.
-func (c *Committer) linger(batch *[]*pendingWrite, timer **time.Timer) bool {
-	if *timer == nil {
-		*timer = time.NewTimer(c.cfg.Linger)
+func (c *Committer) linger(batch *[]*pendingWrite) bool {
+	if c.lingerTimer == nil {
+		c.lingerTimer = time.NewTimer(c.cfg.Linger)
 	} else {
-		(*timer).Reset(c.cfg.Linger)
+		c.lingerTimer.Reset(c.cfg.Linger)
 	}
-	defer (*timer).Stop()
+	defer c.lingerTimer.Stop()
 	for len(*batch) < min(c.cfg.LingerUntil, c.cfg.MaxBatch) {
 		select {
 		case p, ok := <-c.reqs:
@@ -258,7 +261,7 @@ func (c *Committer) linger(batch *[]*pendingWrite, timer **time.Timer) bool {
 				return false
 			}
 			*batch = append(*batch, p)
-		case <-(*timer).C:
+		case <-c.lingerTimer.C:
 			return c.drain(batch)
 		}
 	}
