@@ -3,7 +3,7 @@
 
 GO        ?= go
 PKGS      ?= ./...
-FUZZTIME  ?= 10s
+FUZZTIME  ?=
 export GOTOOLCHAIN := local
 
 .PHONY: all build test test-deps vet fmt-check unit nocgo fuzz bench clean kube-bin test-kube
@@ -30,7 +30,8 @@ nocgo:
 unit:
 	$(GO) test -count=1 -timeout 20m $(PKGS)
 
-# Short fuzz runs of every fuzz target (longer: make fuzz FUZZTIME=10m).
+# Short fuzz runs of every fuzz target: each its exec budget in
+# scripts/fuzz.sh, about 10 s (longer: make fuzz FUZZTIME=10m).
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZTIME)
 
