@@ -38,6 +38,8 @@ type benchReport struct {
 	// IdempotencyKeys is the style of the keys sent: "uuidv7" (time
 	// ordered, what the client SDK sends) or "uuidv4" (random).
 	IdempotencyKeys string `json:"idempotency_keys"`
+	// StoreProcs are the command names --store-procs counted.
+	StoreProcs string `json:"store_procs,omitempty"`
 	// The figures of the one round, or the median of each over the
 	// rounds (counts summed; see summarise).
 	benchFigures
@@ -60,6 +62,11 @@ type benchFigures struct {
 	// machine where it shares the cores with the server, what it burns is
 	// not available to the server.
 	ClientCPUUs float64 `json:"client_cpu_per_sig_us,omitempty"`
+	// StoreCPUUs is the CPU per signature of the store's own processes on
+	// this host (--store-procs, e.g. PostgreSQL's server and backends),
+	// which ServerCPUUs leaves out; RatioCPUWithStore counts both.
+	StoreCPUUs        float64 `json:"store_cpu_per_sig_us,omitempty"`
+	RatioCPUWithStore float64 `json:"server_and_store_cpu_ratio_to_crypto,omitempty"`
 	// Limit is the mean of the measurements before and after the load
 	// (with several rounds, the median of the rounds' means); CryptoDrift
 	// is how far apart those measurements were, relative to their mean.
@@ -90,6 +97,7 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	batch := fs.Int("batch", 0, "items per POST /v1/sign:batch (0: single POST /v1/sign)")
 	docSize := fs.Int("doc-size", 256, "document size in bytes")
 	keyStyle := fs.String("idempotency-keys", "uuidv7", "uuidv7 (time-ordered, what the client SDK sends) | uuidv4 (random)")
+	storeProcs := fs.String("store-procs", "", "comma-separated command names of the store's processes on this host (e.g. postgres): their CPU per signature is reported and added to the server's (Linux)")
 	limitDur := fs.Duration("crypto-duration", 2*time.Second, "how long to measure the raw crypto limit (each of single and all cores)")
 	rounds := fs.Int("rounds", 1, "load runs, each between two measurements of the raw crypto limit; the report gives the median of each figure and every round")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
@@ -153,15 +161,32 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 		conns[w] = sc
 	}
 	perReq := int64(max(*batch, 1))
+	var procs []string
+	if *storeProcs != "" {
+		procs = strings.Split(*storeProcs, ",")
+		if _, n, err := bench.NamedProcessesCPU(procs); err != nil {
+			return fmt.Errorf("--store-procs: %w", err)
+		} else if n == 0 {
+			return usageError("--store-procs %s: no process of that name on this host", *storeProcs)
+		}
+	}
+	storeCPU := func() (time.Duration, int, error) {
+		if procs == nil {
+			return 0, 0, nil
+		}
+		return bench.NamedProcessesCPU(procs)
+	}
 	var rs []benchRound
 	for r := range *rounds {
 		before := scrapeServer(ctx, *server)
 		cpu0, cpuOK := bench.ProcessCPU()
+		st0, _, stErr := storeCPU()
 		var lat bench.Latencies
 		ok, failed, firstErr, elapsed := bench.Load(ctx, *conc, *dur, &lat, func(ctx context.Context, w int, seq int64) error {
 			return conns[w].Do(ctx)
 		})
 		cpu1, cpuOK1 := bench.ProcessCPU()
+		st1, stN, stErr1 := storeCPU()
 		after := waitServerIdle(context.WithoutCancel(ctx), *server)
 		limitAfter, err := measure(fmt.Sprintf("after round %d of %d", r+1, *rounds))
 		if err != nil {
@@ -179,6 +204,9 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		if before.ok && after.ok && after.sigs > before.sigs {
 			rd.ServerCPUUs = (after.cpu - before.cpu) / (after.sigs - before.sigs) * 1e6
+			if procs != nil && stErr == nil && stErr1 == nil && stN > 0 {
+				rd.StoreCPUUs = float64(st1-st0) / float64(time.Microsecond) / (after.sigs - before.sigs)
+			}
 		}
 		rd.Durability = after.durability
 		if nb := after.batches - before.batches; nb > 0 {
@@ -190,7 +218,7 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	rep := summarise(rs)
 	rep.Server, rep.Key, rep.Algorithm, rep.Format, rep.Batch, rep.Concurrency = *server, *key, alg, *format, *batch, *conc
-	rep.IdempotencyKeys = keyStyleV.String()
+	rep.IdempotencyKeys, rep.StoreProcs = keyStyleV.String(), *storeProcs
 	rep.Machine = machine()
 	if *asJSON {
 		b, _ := json.MarshalIndent(rep, "", "  ")
@@ -224,6 +252,9 @@ func (r *benchRound) settle() {
 	}
 	if r.ServerCPUUs > 0 && r.Limit.CPUPerOpMicro > 0 {
 		r.RatioCPU = r.ServerCPUUs / r.Limit.CPUPerOpMicro
+		if r.StoreCPUUs > 0 {
+			r.RatioCPUWithStore = (r.ServerCPUUs + r.StoreCPUUs) / r.Limit.CPUPerOpMicro
+		}
 	}
 }
 
@@ -242,12 +273,14 @@ func summarise(rs []benchRound) benchReport {
 		return (v[len(v)/2-1] + v[len(v)/2]) / 2
 	}
 	rep := benchReport{benchFigures: benchFigures{
-		DurationS:   med(func(r *benchRound) float64 { return r.DurationS }),
-		OpsPerS:     med(func(r *benchRound) float64 { return r.OpsPerS }),
-		P50Ms:       med(func(r *benchRound) float64 { return r.P50Ms }),
-		P99Ms:       med(func(r *benchRound) float64 { return r.P99Ms }),
-		ServerCPUUs: med(func(r *benchRound) float64 { return r.ServerCPUUs }),
-		ClientCPUUs: med(func(r *benchRound) float64 { return r.ClientCPUUs }),
+		DurationS:         med(func(r *benchRound) float64 { return r.DurationS }),
+		OpsPerS:           med(func(r *benchRound) float64 { return r.OpsPerS }),
+		P50Ms:             med(func(r *benchRound) float64 { return r.P50Ms }),
+		P99Ms:             med(func(r *benchRound) float64 { return r.P99Ms }),
+		ServerCPUUs:       med(func(r *benchRound) float64 { return r.ServerCPUUs }),
+		ClientCPUUs:       med(func(r *benchRound) float64 { return r.ClientCPUUs }),
+		StoreCPUUs:        med(func(r *benchRound) float64 { return r.StoreCPUUs }),
+		RatioCPUWithStore: med(func(r *benchRound) float64 { return r.RatioCPUWithStore }),
 		Limit: bench.CryptoLimit{Algorithm: rs[0].Limit.Algorithm, Cores: rs[0].Limit.Cores,
 			SingleCore:    med(func(r *benchRound) float64 { return r.Limit.SingleCore }),
 			AllCores:      med(func(r *benchRound) float64 { return r.Limit.AllCores }),
@@ -305,6 +338,10 @@ func printBenchReport(w io.Writer, rep *benchReport) {
 		fmt.Fprintf(w, "server CPU    %.1f µs per durable signature = %.2f× the signature's own CPU\n", rep.ServerCPUUs, rep.RatioCPU)
 	} else {
 		fmt.Fprintf(w, "server CPU    not available (could not read the server's /metrics)\n")
+	}
+	if rep.StoreCPUUs > 0 {
+		fmt.Fprintf(w, "store CPU     %.1f µs per signature in the store's processes (%s); server + store = %.2f× the signature's own CPU\n",
+			rep.StoreCPUUs, rep.StoreProcs, rep.RatioCPUWithStore)
 	}
 	if rep.ClientCPUUs > 0 {
 		fmt.Fprintf(w, "client CPU    %.1f µs per signature in this load generator (same machine)\n", rep.ClientCPUUs)

@@ -28,6 +28,15 @@ func TestBenchRoundSettle(t *testing.T) {
 	if r.RatioCPU != 4 || math.Abs(r.RatioParallel-6000.0/35000) > 1e-12 {
 		t.Errorf("ratios = %v×, %v; want 4× and 6000/35000", r.RatioCPU, r.RatioParallel)
 	}
+	if r.RatioCPUWithStore != 0 {
+		t.Errorf("ratio with store = %v without store CPU, want 0 (not measured)", r.RatioCPUWithStore)
+	}
+	// The store's own processes' CPU (--store-procs) adds to the server's.
+	r.StoreCPUUs = 50
+	r.settle()
+	if r.RatioCPUWithStore != 5 || r.RatioCPU != 4 {
+		t.Errorf("with 50 µs of store CPU: %v× with store, %v× without; want 5× and 4×", r.RatioCPUWithStore, r.RatioCPU)
+	}
 }
 
 // Several rounds report the median of each figure, the summed counts and
