@@ -290,7 +290,7 @@ func (c *Committer) commit(batch []*pendingWrite) {
 	for i, p := range batch {
 		ds[i].p = p
 	}
-	if err := c.notDurable(); err != nil {
+	if err := c.Err(); err != nil {
 		c.answer(ds, err)
 		return
 	}

@@ -57,7 +57,7 @@ func (c *Committer) syncLoop() {
 				break drain
 			}
 		}
-		err := c.notDurable()
+		err := c.Err()
 		if err == nil {
 			if serr := c.def.SyncCommitted(context.WithoutCancel(c.ctx)); serr != nil {
 				err = fmt.Errorf("%w: %w", ErrNotDurable, serr)
@@ -73,10 +73,7 @@ func (c *Committer) syncLoop() {
 // Err returns the error that stops the Committer from accepting writes
 // (a latched ErrNotDurable), or nil: a node reports itself not ready while
 // it is set.
-func (c *Committer) Err() error { return c.notDurable() }
-
-// notDurable returns the latched ErrNotDurable, or nil.
-func (c *Committer) notDurable() error {
+func (c *Committer) Err() error {
 	if e := c.durErr.Load(); e != nil {
 		return *e
 	}
