@@ -186,8 +186,10 @@ func runBench(ctx context.Context, env *cliEnv, args []string) error {
 			return conns[w].Do(ctx)
 		})
 		cpu1, cpuOK1 := bench.ProcessCPU()
-		st1, stN, stErr1 := storeCPU()
 		after := waitServerIdle(context.WithoutCancel(ctx), *server)
+		// The store works for the requests the deadline cut off too: read
+		// its CPU over the same window as the server's.
+		st1, stN, stErr1 := storeCPU()
 		limitAfter, err := measure(fmt.Sprintf("after round %d of %d", r+1, *rounds))
 		if err != nil {
 			return err
