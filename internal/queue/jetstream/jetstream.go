@@ -139,7 +139,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 func Dial(ctx context.Context, url string, cfg Config, opts ...nats.Option) (*Queue, error) {
 	nc, err := nats.Connect(url, append([]nats.Option{nats.Name("countersign")}, opts...)...)
 	if err != nil {
-		return nil, fmt.Errorf("jetstream: connect %s: %w", url, err)
+		return nil, fmt.Errorf("jetstream: connect: %w", err)
 	}
 	q, err := New(ctx, nc, cfg)
 	if err != nil {
@@ -282,6 +282,10 @@ func (q *Queue) workConsumer(ctx context.Context, name string) (jetstream.Consum
 }
 
 // Consume implements queue.Queue.
+// pullExpiry bounds how long a worker's pull request waits on the server:
+// the delay between Resume and the first delivery after it.
+const pullExpiry = 2 * time.Second
+
 func (q *Queue) Consume(ctx context.Context, name string, h queue.Handler) (queue.Subscription, error) {
 	if err := q.checkOpen(); err != nil {
 		return nil, err
@@ -295,6 +299,10 @@ func (q *Queue) Consume(ctx context.Context, name string, h queue.Handler) (queu
 		h(ctx, delivery{msg: msg})
 	},
 		jetstream.PullMaxMessages(q.cfg.Prefetch),
+		// A pull request outstanding while the consumer is paused is
+		// not served after Resume; the next one is. The client's default
+		// expiry (30 s) made a resumed consumer wait up to that long.
+		jetstream.PullExpiry(pullExpiry),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			log.WarnContext(ctx, "jetstream consume", slog.Any("err", err))
 		}))
