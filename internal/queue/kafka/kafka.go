@@ -92,6 +92,13 @@ func New(ctx context.Context, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: client: %w", err)
 	}
+	// Ping tries each broker once and returns the last failure (refused
+	// connection, TLS or SASL error); without it the first request retries
+	// until ctx ends and reports only the deadline.
+	if err := cl.Ping(ctx); err != nil {
+		cl.Close()
+		return nil, fmt.Errorf("kafka: no broker answered: %w", err)
+	}
 	q := &Queue{cfg: cfg, cl: cl, adm: kadm.NewClient(cl), subs: map[string][]*subscription{}}
 	if err := q.createTopics(ctx); err != nil {
 		cl.Close()
