@@ -11,7 +11,7 @@ import (
 	"github.com/countersign/countersign/internal/control"
 	"github.com/countersign/countersign/internal/flags"
 	"github.com/countersign/countersign/internal/install"
-	"github.com/countersign/countersign/internal/store/db"
+	"github.com/countersign/countersign/internal/queue/queueurl"
 )
 
 func init() {
@@ -19,7 +19,7 @@ func init() {
 }
 
 func runControl(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "control", "--data DIR --fleet kube --image REPO@sha256:HEX --nats URL [flags]")
+	fs := newFlagSet(env, "control", "--data DIR --fleet kube --image REPO@sha256:HEX --queue-url URL [flags]")
 	data := fs.String("data", "./data", "installation directory made by 'countersign init --store postgres://...'")
 	listen := fs.String("listen", "127.0.0.1:7402", "control API address")
 	drill := fs.Bool("drill", false, "drill world: releases may carry fault scenarios and approval gates are approved by the drill policy")
@@ -31,7 +31,7 @@ func runControl(ctx context.Context, env *cliEnv, args []string) error {
 	fs.Var(params, "param", "rollback playbook parameter KEY=VALUE (repeatable)")
 	prepare := fs.Bool("prepare", false, "create the probe tenant, token and key in the installation, then exit (before its keys become the nodes' Secret)")
 	var kf kubeFlags
-	kf.register(fs)
+	kf.register(env, fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -67,7 +67,7 @@ func runControl(ctx context.Context, env *cliEnv, args []string) error {
 	u := w.URLs()
 	fmt.Fprintf(env.stdout, "control plane up (fleet kube, namespace %s, traffic %s)\n", kf.namespace, w.Router())
 	fmt.Fprintf(env.stdout, "  control API      %s\n", u.Control)
-	fmt.Fprintf(env.stdout, "  queue            %s\n", db.Redact(kf.nats))
+	fmt.Fprintf(env.stdout, "  queue            %s\n", queueurl.Redact(cfg.QueueURL))
 	<-ctx.Done()
 	start := time.Now()
 	if err := w.Close(); err != nil {

@@ -25,7 +25,12 @@ func runDrill(ctx context.Context, env *cliEnv, args []string) error {
 	conc := fs.Int("concurrency", 8, "concurrent SDK clients applying load through the gateway")
 	timeout := fs.Duration("timeout", 150*time.Second, "give up after this long")
 	verbose := fs.Bool("v", false, "log the control plane to stderr")
+	extQ := addExternalQueueFlags(env, fs, "instead of the world's embedded JetStream")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	queueURL, err := extQ.value()
+	if err != nil {
 		return err
 	}
 	sc, err := drill.Lookup(*scenario)
@@ -56,7 +61,7 @@ func runDrill(ctx context.Context, env *cliEnv, args []string) error {
 		progress = env.stdout
 	}
 	rep, err := drill.Run(ctx, drill.Config{Scenario: sc, Out: *out, Concurrency: *conc, CanaryHold: *hold, Timeout: *timeout,
-		Progress: progress, Logger: logger})
+		QueueURL: queueURL, Progress: progress, Logger: logger})
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ type kubeFlags struct {
 	kubeContext    string
 	namespace      string
 	image          string
+	queueURL       string
 	nats           string
 	podDataDir     string
 	traffic        string
@@ -49,14 +50,16 @@ const (
 	trafficGatewayAdmin = "gateway-admin"
 )
 
-func (k *kubeFlags) register(fs *flag.FlagSet) {
+func (k *kubeFlags) register(env *cliEnv, fs *flag.FlagSet) {
 	k.poolEndpoints = paramFlag{}
 	fs.StringVar(&k.fleet, "fleet", "", `where releases run: "kube" (Kubernetes Deployments); empty: the local fleet of 'countersign up'`)
 	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG, ~/.kube/config, or the pod's ServiceAccount in a cluster)")
 	fs.StringVar(&k.kubeContext, "kube-context", "", "kubeconfig context (default: its current context)")
 	fs.StringVar(&k.namespace, "namespace", kube.DefaultNamespace, "namespace of the Countersign objects")
 	fs.StringVar(&k.image, "image", "", "countersign image pinned by digest (repo@sha256:HEX) that releases run")
-	fs.StringVar(&k.nats, "nats", "", "NATS JetStream URL of the queue (the control plane's connection)")
+	fs.StringVar(&k.queueURL, "queue-url", env.getenv("COUNTERSIGN_QUEUE_URL"),
+		"the queue the pools' workers use: nats://HOST:4222[,...] (NATS JetStream) or kafka://HOST:9092[,...][/TOPIC][?OPTIONS] (env COUNTERSIGN_QUEUE_URL)")
+	fs.StringVar(&k.nats, "nats", env.getenv("COUNTERSIGN_NATS_URL"), "NATS JetStream URL(s): the older spelling of --queue-url for NATS (env COUNTERSIGN_NATS_URL)")
 	fs.StringVar(&k.podDataDir, "pod-data-dir", control.DefaultPodDataDir, "where the manifests mount the installation in node pods")
 	fs.StringVar(&k.traffic, "traffic", trafficHTTPRoute, `what routes: "httproute" (a Gateway API HTTPRoute) or "gateway-admin" (countersign gateway's admin API)`)
 	fs.StringVar(&k.route, "route", httproute.DefaultRoute, "HTTPRoute name (--traffic httproute)")
@@ -80,10 +83,17 @@ func (k *kubeFlags) enabled() (bool, error) {
 	return false, usageError("--fleet %q: want kube (or leave it unset for the local fleet)", k.fleet)
 }
 
+// queue is the queue URL of --queue-url or --nats.
+func (k *kubeFlags) queue() (string, error) { return resolveQueueURL(k.queueURL, k.nats) }
+
 // worldConfig fills cfg's Kubernetes backends from the flags.
 func (k *kubeFlags) worldConfig(ctx context.Context, cfg *control.Config, logger *slog.Logger) error {
-	if k.image == "" || k.nats == "" {
-		return usageError("--fleet kube needs --image REPO@sha256:HEX and --nats URL")
+	qurl, err := k.queue()
+	if err != nil {
+		return err
+	}
+	if k.image == "" || qurl == "" {
+		return usageError("--fleet kube needs --image REPO@sha256:HEX and --queue-url URL")
 	}
 	client, rc, err := kube.ClientFromKubeconfig(k.kubeconfig, k.kubeContext)
 	if err != nil {
@@ -102,7 +112,7 @@ func (k *kubeFlags) worldConfig(ctx context.Context, cfg *control.Config, logger
 	if err != nil {
 		return err
 	}
-	cfg.Fleet, cfg.Router, cfg.QueueURL, cfg.GatewayURL = f, router, k.nats, k.gatewayURL
+	cfg.Fleet, cfg.Router, cfg.QueueURL, cfg.GatewayURL = f, router, qurl, k.gatewayURL
 	cfg.Pods = &control.PodSpec{Image: k.image, DataDir: k.podDataDir}
 	if cfg.SnapshotStore, err = openSnapshotStore(ctx, k.snapshotStore, logger); err != nil {
 		return err

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // TestMain lets the scripts run `countersign` as a real process: the test
@@ -31,6 +32,9 @@ func TestMain(m *testing.M) {
 //
 //	waitready URL          poll URL/readyz until it answers 200 (15 s)
 //	exitcode N CMD ARGS... run CMD and require exit status N exactly
+//	kafka                  start a kfake cluster (franz-go's protocol-level
+//	                       FAKE Kafka, on loopback) for this script and set
+//	                       $KAFKA to its brokers
 //
 // Every script gets $PORT, a free loopback port.
 func TestScripts(t *testing.T) {
@@ -51,11 +55,14 @@ func TestScripts(t *testing.T) {
 			env.Setenv("PORT", strconv.Itoa(port))
 			env.Setenv("COUNTERSIGN_KEY_PASSPHRASE", "")
 			env.Setenv("COUNTERSIGN_TOKEN", "")
+			env.Setenv("COUNTERSIGN_QUEUE_URL", "")
+			env.Setenv("COUNTERSIGN_NATS_URL", "")
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"waitready": cmdWaitReady,
 			"exitcode":  cmdExitCode,
+			"kafka":     cmdKafka,
 		},
 	})
 }
@@ -103,4 +110,19 @@ func cmdExitCode(ts *testscript.TestScript, neg bool, args []string) {
 	if got != want {
 		ts.Fatalf("%s exited with status %d, want %d", args[1], got, want)
 	}
+}
+
+// cmdKafka starts kfake for the script: no real Kafka broker can run on the
+// development machines, and kfake speaks the protocol over TCP, so the
+// script's countersign processes reach it as they would a cluster.
+func cmdKafka(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: kafka")
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		ts.Fatalf("kfake: %v", err)
+	}
+	ts.Defer(c.Close)
+	ts.Setenv("KAFKA", strings.Join(c.ListenAddrs(), ","))
 }

@@ -52,7 +52,7 @@ func runPlaybook(ctx context.Context, env *cliEnv, args []string) error {
 	})
 	var kf kubeFlags
 	if sub == "plan" || sub == "run" {
-		kf.register(fs)
+		kf.register(env, fs)
 	}
 	reason := fs.String("reason", "", "abort: why")
 	noFollow := fs.Bool("no-follow", false, "run, resume: return once the run has started instead of following it")

@@ -18,6 +18,7 @@ import (
 	"github.com/countersign/countersign/internal/node"
 	"github.com/countersign/countersign/internal/queue"
 	"github.com/countersign/countersign/internal/queue/jetstream"
+	"github.com/countersign/countersign/internal/queue/queueurl"
 	"github.com/countersign/countersign/internal/store"
 )
 
@@ -33,7 +34,7 @@ const (
 	queueURLFile  = "jetstream/client.url"
 )
 
-const queueUsage = `<subcommand> [--data DIR | --nats URL] [flags]
+const queueUsage = `<subcommand> [--data DIR | --queue-url URL] [flags]
 
 subcommands:
   pause        stop delivery to the workers' consumer (durable, survives restarts)
@@ -44,8 +45,10 @@ subcommands:
   quarantine   --ids ID,ID | --from-seq N --to-seq M: move messages out of the work stream
   replay       --rate R [--max N] [--dry-run]: sign the quarantined jobs idempotently
 
-Without --nats, the embedded JetStream of --data is used: through the running
-node when one serves it, otherwise opened directly from <data>/jetstream.`
+--queue-url names an external queue: nats://HOST:4222 (NATS JetStream) or
+kafka://HOST:9092 (Kafka); see docs/configuration.md, "Queue URLs". Without it,
+the embedded JetStream of --data is used: through the running node when one
+serves it, otherwise opened directly from <data>/jetstream.`
 
 func runQueue(ctx context.Context, env *cliEnv, args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
@@ -56,9 +59,9 @@ func runQueue(ctx context.Context, env *cliEnv, args []string) error {
 		return nil
 	}
 	sub, rest := args[0], args[1:]
-	fs := newFlagSet(env, "queue "+sub, "[--data DIR | --nats URL] [flags]")
+	fs := newFlagSet(env, "queue "+sub, "[--data DIR | --queue-url URL] [flags]")
 	data := fs.String("data", "./data", "data directory whose embedded JetStream to use")
-	natsURL := fs.String("nats", env.getenv("COUNTERSIGN_NATS_URL"), "external NATS URL(s) instead of the embedded server (env COUNTERSIGN_NATS_URL)")
+	extQ := addExternalQueueFlags(env, fs, "instead of the embedded server")
 	consumer := fs.String("consumer", node.DefaultConsumer, "durable consumer of the workers")
 	out := fs.String("out", "", "snapshot: file to write (refused if it exists)")
 	ids := fs.String("ids", "", "quarantine: comma-separated message IDs (<tenant>/<idempotency key>)")
@@ -107,8 +110,12 @@ func runQueue(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 
+	qurl, err := extQ.value()
+	if err != nil {
+		return err
+	}
 	logger := slog.New(slog.NewJSONHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	q, err := openQueue(ctx, queueOptions{data: *data, natsURL: *natsURL, logger: logger})
+	q, err := openQueue(ctx, queueOptions{data: *data, url: qurl, logger: logger})
 	if err != nil {
 		return err
 	}
@@ -192,8 +199,8 @@ func replayQueue(ctx context.Context, q queue.Queue, data, release string, logge
 
 // queueOptions choose the queue of a node or of the controls.
 type queueOptions struct {
-	data    string // data dir: embedded store under <data>/jetstream
-	natsURL string // external server instead
+	data string // data dir: embedded store under <data>/jetstream
+	url  string // external queue instead (queueurl: nats:// or kafka://)
 	// serve: this process owns the embedded server (the node); it listens
 	// on loopback and records its URL for the controls.
 	serve      bool
@@ -205,7 +212,7 @@ type queueOptions struct {
 // controlQueue is a queue.Queue that also owns, when embedded, the server
 // and its connection, and removes the server's URL file on Close.
 type controlQueue struct {
-	*jetstream.Queue
+	queue.Queue
 	srv     *jetstream.Server
 	nc      *nats.Conn
 	urlFile string
@@ -229,8 +236,8 @@ func (c *controlQueue) Close() error {
 // server, or the embedded store itself.
 func openQueue(ctx context.Context, o queueOptions) (*controlQueue, error) {
 	cfg := jetstream.Config{AckWait: o.ackWait, Logger: o.logger}
-	if o.natsURL != "" {
-		q, err := jetstream.Dial(ctx, o.natsURL, cfg, nats.Timeout(5*time.Second))
+	if o.url != "" {
+		q, err := queueurl.Open(ctx, o.url, queueurl.Options{AckWait: o.ackWait, Logger: o.logger})
 		if err != nil {
 			return nil, err
 		}
@@ -280,12 +287,59 @@ func openQueue(ctx context.Context, o queueOptions) (*controlQueue, error) {
 	return cq, nil
 }
 
-var errNoQueue = errors.New("node: --worker needs a queue (--queue embedded or --nats URL)")
+var errNoQueue = errors.New("node: --worker needs a queue (--queue embedded or --queue-url URL)")
+
+// externalQueueFlags are --queue-url, which names a NATS JetStream or a
+// Kafka queue, and --nats, its older spelling for NATS alone.
+type externalQueueFlags struct {
+	url, nats *string
+}
+
+func addExternalQueueFlags(env *cliEnv, fs interface {
+	String(name, value, usage string) *string
+}, what string) *externalQueueFlags {
+	return &externalQueueFlags{
+		url: fs.String("queue-url", env.getenv("COUNTERSIGN_QUEUE_URL"),
+			"external queue "+what+": nats://HOST:4222[,...] (NATS JetStream) or kafka://HOST:9092[,...][/TOPIC][?OPTIONS] (env COUNTERSIGN_QUEUE_URL)"),
+		nats: fs.String("nats", env.getenv("COUNTERSIGN_NATS_URL"), "NATS JetStream URL(s): the older spelling of --queue-url for NATS (env COUNTERSIGN_NATS_URL)"),
+	}
+}
+
+// value is the queue URL the flags name, "" for none.
+func (f *externalQueueFlags) value() (string, error) {
+	return resolveQueueURL(*f.url, *f.nats)
+}
+
+// resolveQueueURL checks --queue-url and --nats: --nats takes NATS URLs
+// only, and the two may not name different queues.
+func resolveQueueURL(queueURL, natsURL string) (string, error) {
+	queueURL, natsURL = strings.TrimSpace(queueURL), strings.TrimSpace(natsURL)
+	if natsURL != "" {
+		t, err := queueurl.Parse(natsURL)
+		if err != nil {
+			return "", usageError("--nats: %v", err)
+		}
+		if t.Backend != queueurl.JetStream {
+			return "", usageError("--nats takes a NATS URL; give %s as --queue-url", t)
+		}
+	}
+	switch {
+	case queueURL == "":
+		return natsURL, nil
+	case natsURL != "" && natsURL != queueURL:
+		return "", usageError("--queue-url %s and --nats %s name different queues (also check $COUNTERSIGN_QUEUE_URL and $COUNTERSIGN_NATS_URL)",
+			queueurl.Redact(queueURL), queueurl.Redact(natsURL))
+	}
+	if _, err := queueurl.Parse(queueURL); err != nil {
+		return "", usageError("--queue-url: %v", err)
+	}
+	return queueURL, nil
+}
 
 // nodeQueueFlags are the node's flags for asynchronous signing.
 type nodeQueueFlags struct {
 	mode           *string
-	natsURL        *string
+	external       *externalQueueFlags
 	syncAlways     *bool
 	worker         *bool
 	concurrency    *int
@@ -301,8 +355,8 @@ func addQueueFlags(env *cliEnv, fs interface {
 	Duration(name string, value time.Duration, usage string) *time.Duration
 }) *nodeQueueFlags {
 	return &nodeQueueFlags{
-		mode:           fs.String("queue", "off", "async signing queue: off | embedded (JetStream in <data>/jetstream); --nats implies an external one"),
-		natsURL:        fs.String("nats", env.getenv("COUNTERSIGN_NATS_URL"), "external NATS URL(s) for the async queue (env COUNTERSIGN_NATS_URL)"),
+		mode:           fs.String("queue", "off", "async signing queue: off | embedded (JetStream in <data>/jetstream); --queue-url implies an external one"),
+		external:       addExternalQueueFlags(env, fs, "for async signing"),
 		syncAlways:     fs.Bool("queue-sync-always", false, "embedded queue: fsync every message before the PubAck"),
 		worker:         fs.Bool("worker", true, "run the async worker in this process (when a queue is configured)"),
 		concurrency:    fs.Int("worker-concurrency", node.DefaultWorkerConcurrency, "messages the worker signs at once"),
@@ -331,9 +385,13 @@ func (f *nodeQueueFlags) crashPoint(env *cliEnv, drill bool) (*node.CrashPoint, 
 
 // open returns the node's queue, or nil when async signing is off.
 func (f *nodeQueueFlags) open(ctx context.Context, data string, logger *slog.Logger) (*controlQueue, error) {
+	url, err := f.external.value()
+	if err != nil {
+		return nil, err
+	}
 	switch {
-	case *f.natsURL != "":
-		return openQueue(ctx, queueOptions{natsURL: *f.natsURL, ackWait: *f.ackWait, logger: logger})
+	case url != "":
+		return openQueue(ctx, queueOptions{url: url, ackWait: *f.ackWait, logger: logger})
 	case *f.mode == "embedded":
 		return openQueue(ctx, queueOptions{data: data, serve: true, syncAlways: *f.syncAlways, ackWait: *f.ackWait, logger: logger})
 	case *f.mode == "off" || *f.mode == "":

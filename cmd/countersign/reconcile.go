@@ -30,7 +30,7 @@ func runReconcile(ctx context.Context, env *cliEnv, args []string) error {
 	dryRun := fs.Bool("dry-run", false, "list the in-flight set without replaying (implies the replay section)")
 	stable := fs.String("stable-release", envOr(env, "COUNTERSIGN_RELEASE", "dev"), "release stamped on signatures made by the replay")
 	rate := fs.Float64("rate", reconcile.DefaultReplayRate, "replay: jobs per second")
-	natsURL := fs.String("nats", env.getenv("COUNTERSIGN_NATS_URL"), "replay: external NATS URL instead of the data dir's embedded queue")
+	extQ := addExternalQueueFlags(env, fs, "of the replay, instead of the data dir's embedded one")
 	noQueue := fs.Bool("no-queue", false, "replay from the job rows only, without quarantining queued messages")
 	jsonOut := fs.String("json", "", "write the report as JSON to this file")
 	mdOut := fs.String("md", "", "write the report as Markdown to this file")
@@ -41,7 +41,10 @@ func runReconcile(ctx context.Context, env *cliEnv, args []string) error {
 		return usageError("reconcile: --release and --from are required")
 	}
 	w := reconcile.Window{Releases: strings.Split(*releases, ",")}
-	var err error
+	qurl, err := extQ.value()
+	if err != nil {
+		return err
+	}
 	if w.From, err = time.Parse(time.RFC3339Nano, *from); err != nil {
 		return usageError("reconcile: --from: %v", err)
 	}
@@ -67,7 +70,7 @@ func runReconcile(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	var rr *reconcile.ReplayReport
 	if *replay || *dryRun {
-		if rr, err = reconcileReplay(ctx, inst, w, *stable, *rate, *dryRun, *noQueue, *natsURL, *data, logger); err != nil {
+		if rr, err = reconcileReplay(ctx, inst, w, *stable, *rate, *dryRun, *noQueue, qurl, *data, logger); err != nil {
 			return err
 		}
 	}
@@ -95,12 +98,12 @@ func runReconcile(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func reconcileReplay(ctx context.Context, inst *install.Installation, w reconcile.Window, stable string, rate float64, dryRun, noQueue bool,
-	natsURL, data string, logger *slog.Logger) (*reconcile.ReplayReport, error) {
+	queueURL, data string, logger *slog.Logger) (*reconcile.ReplayReport, error) {
 	cfg := reconcile.ReplayConfig{Jobs: inst.Store, Window: w, IncludeOlder: true, Rate: rate, DryRun: dryRun, Logger: logger}
 	if dryRun {
 		return reconcile.Replay(ctx, cfg)
 	}
-	q, err := openQueue(ctx, queueOptions{data: data, natsURL: natsURL, logger: logger})
+	q, err := openQueue(ctx, queueOptions{data: data, url: queueURL, logger: logger})
 	if err != nil {
 		return nil, err
 	}

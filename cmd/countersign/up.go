@@ -17,6 +17,7 @@ import (
 	"github.com/countersign/countersign/internal/install"
 	"github.com/countersign/countersign/internal/keys/soft"
 	"github.com/countersign/countersign/internal/notify"
+	"github.com/countersign/countersign/internal/queue/queueurl"
 )
 
 func init() {
@@ -59,7 +60,12 @@ func runUp(ctx context.Context, env *cliEnv, args []string) error {
 	notifySecretFile := fs.String("notify-webhook-secret-file", "", "file holding the webhook HMAC secret (required with --notify-webhook)")
 	snapshotStore := fs.String("snapshot-store", "", "where incident snapshots go: s3://BUCKET[/PREFIX]?endpoint=...&mode=compliance (docs/snapshots-s3.md); default DIR/snapshots")
 	verbose := fs.Bool("v", false, "log to stderr instead of the log file")
+	extQ := addExternalQueueFlags(env, fs, "instead of the embedded JetStream")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	queueURL, err := extQ.value()
+	if err != nil {
 		return err
 	}
 	var webhookSecret notify.Secret
@@ -127,12 +133,12 @@ func runUp(ctx context.Context, env *cliEnv, args []string) error {
 	w, err := control.Start(ctx, control.Config{Dir: dir, Listen: *listen, AdminListen: *adminListen, ControlListen: *controlListen,
 		BaseRelease: *base, Replicas: *replicas, Drill: *drill, AutoRun: *auto, NoAutoContain: !*autoContain,
 		ProbeInterval: *probeEvery, Artifact: *artifact, Params: params, CrashAt: *crashAt, WriteEndpoints: true, Logger: logger,
-		NotifyWebhook: *notifyWebhook, NotifyWebhookSecret: webhookSecret, SnapshotStore: ims})
+		NotifyWebhook: *notifyWebhook, NotifyWebhookSecret: webhookSecret, SnapshotStore: ims, QueueURL: queueURL})
 	if err != nil {
 		return err
 	}
 	u := w.URLs()
-	printUp(out, dir, u, w.QueueURL(), *drill, *auto, *autoContain, w.Incidents())
+	printUp(out, dir, u, queueURL, w.QueueURL(), *drill, *auto, *autoContain, w.Incidents())
 
 	<-ctx.Done()
 	fmt.Fprintln(out, "stopping: draining the fleet...")
@@ -170,15 +176,21 @@ func initIfMissing(ctx context.Context, env *cliEnv, dir string) error {
 	return nil
 }
 
-func printUp(w io.Writer, dir string, u control.URLs, queueURL string, drill, auto, contain bool, incs []control.Incident) {
+// printUp says what runs where; external is the --queue-url given (empty:
+// the embedded JetStream at queueURL).
+func printUp(w io.Writer, dir string, u control.URLs, external, queueURL string, drill, auto, contain bool, incs []control.Incident) {
 	fmt.Fprintf(w, "world up\n")
 	fmt.Fprintf(w, "  gateway          %s   (sign and verify here)\n", u.Gateway)
 	fmt.Fprintf(w, "  gateway admin    %s\n", u.Admin)
 	fmt.Fprintf(w, "  control API      %s\n", u.Control)
 	fmt.Fprintf(w, "  admin token      %s\n", filepath.Join(dir, control.AdminTokenFile))
 	fmt.Fprintf(w, "  endpoints file   %s\n", filepath.Join(dir, control.EndpointsFile))
-	fmt.Fprintf(w, "  queue            %s   (embedded JetStream, store %s; POST /v1/sign:async, GET /v1/jobs/{id})\n",
-		queueURL, filepath.Join(dir, control.QueueStoreDir))
+	if external != "" {
+		fmt.Fprintf(w, "  queue            %s   (external; POST /v1/sign:async, GET /v1/jobs/{id})\n", queueurl.Redact(external))
+	} else {
+		fmt.Fprintf(w, "  queue            %s   (embedded JetStream, store %s; POST /v1/sign:async, GET /v1/jobs/{id})\n",
+			queueURL, filepath.Join(dir, control.QueueStoreDir))
+	}
 	fmt.Fprintf(w, "  flags            %s   (each release gets %s)\n", control.FlagsPath(dir),
 		filepath.Join(dir, control.ReleasesDir, "<release>.flagd.json"))
 	mode := "production-like: approval gates wait for `countersign playbook approve`"

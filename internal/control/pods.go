@@ -11,7 +11,8 @@ const DefaultPodDataDir = "/var/lib/countersign"
 
 // PodSpec says how releases run as pods (fleet/kube): which image and
 // where the installation is mounted. Pods reach the queue through
-// $COUNTERSIGN_NATS_URL from the manifests' Secret.
+// $COUNTERSIGN_NATS_URL (or, with the manifests' kafka component,
+// $COUNTERSIGN_QUEUE_URL) from the manifests' Secret.
 type PodSpec struct {
 	// Image is the countersign image pinned by digest,
 	// "registry/countersign@sha256:<64 hex>"; every release runs it (a

@@ -14,8 +14,8 @@ import (
 	"github.com/countersign/countersign/internal/node"
 	"github.com/countersign/countersign/internal/queue"
 	"github.com/countersign/countersign/internal/queue/jetstream"
+	"github.com/countersign/countersign/internal/queue/queueurl"
 	"github.com/countersign/countersign/internal/store"
-	"github.com/countersign/countersign/internal/store/db"
 )
 
 // Embedded queue layout inside the data directory. The URL file is the
@@ -36,13 +36,17 @@ const sharedConsumerNote = "every pool's workers share the durable consumer " + 
 	" (one work queue); pausing it would stop the stable workers too, so it is not paused per pool: " +
 	"the gateway refuses POST /v1/sign:async while the gate is on, and isolate stops the regressive pool's workers"
 
-// worldQueue is the embedded JetStream server the world runs (or an
-// external one: srv nil) and the control plane's own connection to it.
+// worldQueue is the embedded JetStream server the world runs, or an
+// external queue (srv nil: a NATS JetStream cluster or Kafka, by URL), and
+// the control plane's own connection to it.
 type worldQueue struct {
-	srv     *jetstream.Server
-	q       *jetstream.Queue
-	url     string
-	urlFile string
+	srv *jetstream.Server
+	q   queue.Queue
+	url string
+	// nodeFlag is the node flag that passes url to a release: --nats for
+	// JetStream (every release understands it), --queue-url for Kafka.
+	nodeFlag string
+	urlFile  string
 	// closeConn closes the control plane's in-process connection.
 	closeConn func()
 }
@@ -81,7 +85,7 @@ func (w *World) startQueue(ctx context.Context) error {
 		srv.Shutdown()
 		return fmt.Errorf("control: queue streams: %w", err)
 	}
-	w.queue = &worldQueue{srv: srv, q: q, url: srv.ClientURL(), urlFile: urlFile, closeConn: nc.Close}
+	w.queue = &worldQueue{srv: srv, q: q, url: srv.ClientURL(), nodeFlag: "--nats", urlFile: urlFile, closeConn: nc.Close}
 	if err := os.WriteFile(urlFile, []byte(w.queue.url+"\n"), 0o600); err != nil {
 		w.queue.close()
 		w.queue = nil
@@ -90,14 +94,25 @@ func (w *World) startQueue(ctx context.Context) error {
 	return nil
 }
 
-// dialQueue connects to an external JetStream server (a NATS cluster on
-// Kubernetes): the same streams and consumer as the embedded one.
+// dialQueue connects to an external queue by URL (queueurl): a NATS
+// JetStream server or cluster, with the same streams and consumer as the
+// embedded one, or a Kafka cluster, with the topics and consumer group of
+// package kafka. The playbook's queue steps use only queue.Queue, so they
+// do the same on both.
 func (w *World) dialQueue(ctx context.Context) error {
-	q, err := jetstream.Dial(ctx, w.cfg.QueueURL, jetstream.Config{AckWait: w.ackWait(), Logger: w.log})
+	t, err := queueurl.Parse(w.cfg.QueueURL)
 	if err != nil {
-		return fmt.Errorf("control: queue %s: %w", db.Redact(w.cfg.QueueURL), err)
+		return fmt.Errorf("control: %w", err)
 	}
-	w.queue = &worldQueue{q: q, url: w.cfg.QueueURL}
+	q, err := t.Open(ctx, queueurl.Options{AckWait: w.ackWait(), Logger: w.log})
+	if err != nil {
+		return fmt.Errorf("control: %w", err)
+	}
+	flag := "--nats"
+	if t.Backend != queueurl.JetStream {
+		flag = "--queue-url"
+	}
+	w.queue = &worldQueue{q: q, url: w.cfg.QueueURL, nodeFlag: flag}
 	return nil
 }
 
@@ -143,7 +158,9 @@ func (q *worldQueue) close() error {
 	return err
 }
 
-// QueueURL is the client URL of the world's embedded JetStream server.
+// QueueURL is the client URL of the world's queue: its embedded JetStream
+// server, or the external queue it was given. It may carry a password:
+// print it through queueurl.Redact.
 func (w *World) QueueURL() string {
 	if w.queue == nil {
 		return ""

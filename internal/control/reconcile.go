@@ -12,6 +12,7 @@ import (
 
 	"github.com/countersign/countersign/internal/api"
 	"github.com/countersign/countersign/internal/playbook"
+	"github.com/countersign/countersign/internal/queue/queueurl"
 	"github.com/countersign/countersign/internal/reconcile"
 )
 
@@ -46,7 +47,7 @@ func (w *World) planReplay(ctx context.Context, c playbook.Call) (playbook.Plan,
 	if err != nil {
 		return playbook.Plan{}, err
 	}
-	return playbook.Plan{Changes: []playbook.Change{{Target: "queue:" + w.QueueURL(), To: fmt.Sprintf("%d jobs re-published", n),
+	return playbook.Plan{Changes: []playbook.Change{{Target: "queue:" + queueurl.Redact(w.QueueURL()), To: fmt.Sprintf("%d jobs re-published", n),
 		Detail: "at " + replayRateOf(c) + "/s; ambiguous jobs go to manual review"}}, Notes: []string{replayNote}}, nil
 }
 
@@ -78,7 +79,7 @@ func (w *World) runReplay(ctx context.Context, c playbook.Call) (playbook.Output
 			return nil, fmt.Errorf("control: replay rate %q: must be a number > 0", str(c, "rate"))
 		}
 		if err := w.rec.Record(actorCtx(ctx, c), "reconcile.replay_started", "incident/"+inc.ID,
-			map[string]any{"rate": rate, "queue": w.QueueURL()}); err != nil {
+			map[string]any{"rate": rate, "queue": queueurl.Redact(w.QueueURL())}); err != nil {
 			return nil, err
 		}
 		r, err := reconcile.Replay(ctx, reconcile.ReplayConfig{Jobs: w.inst.Store, IncludeOlder: true, Rate: rate, Logger: w.log,

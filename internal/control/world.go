@@ -97,8 +97,10 @@ type Config struct {
 	// stops without acknowledging it waits before redelivery (default
 	// DefaultQueueAckWait).
 	QueueAckWait time.Duration
-	// QueueURL is an external NATS JetStream server (e.g. the cluster on
-	// Kubernetes); empty starts the embedded one in <Dir>/jetstream.
+	// QueueURL is an external queue (package queueurl): a NATS JetStream
+	// server or cluster, or a Kafka cluster (e.g. the ones a Kubernetes
+	// installation uses); empty starts the embedded JetStream in
+	// <Dir>/jetstream.
 	QueueURL string
 	// Backends. A nil Fleet means fleet/local: node processes on this
 	// machine started from Artifact, behind the embedded gateway. With
@@ -456,7 +458,7 @@ func (w *World) release(spec ReleaseSpec, flagsPath string) (fleet.Release, erro
 	} else {
 		rel.Args = []string{"node", "--data", w.cfg.Dir, "--listen", "{{.Listen}}", "--release", "{{.Release}}",
 			"--instance", "{{.Instance}}", "--integrate=false",
-			"--nats", w.queue.url, "--worker", "--queue-ack-wait", w.ackWait().String(), "--flags", flagsPath}
+			w.queue.nodeFlag, w.queue.url, "--worker", "--queue-ack-wait", w.ackWait().String(), "--flags", flagsPath}
 	}
 	if spec.Fault != "" {
 		if !w.cfg.Drill {

@@ -75,6 +75,10 @@ type Config struct {
 	// Artifact is the countersign binary the fleet runs (default: this
 	// executable).
 	Artifact string
+	// QueueURL is an external queue the world uses instead of its embedded
+	// JetStream (control.Config.QueueURL): a NATS JetStream server or a
+	// Kafka cluster. The drill's streams or topics are created on it.
+	QueueURL string
 	// Progress receives human-readable progress lines (may be nil).
 	Progress io.Writer
 	Logger   *slog.Logger
@@ -196,7 +200,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer rcv.close()
 	w, err := control.Start(ctx, control.Config{Dir: dir, Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", ControlListen: "127.0.0.1:0",
 		Drill: true, AutoRun: true, Logger: cfg.Logger, Artifact: cfg.Artifact,
-		NotifyWebhook: rcv.url, NotifyWebhookSecret: rcv.secret,
+		NotifyWebhook: rcv.url, NotifyWebhookSecret: rcv.secret, QueueURL: cfg.QueueURL,
 		Params: map[string]string{"canary_hold": cfg.CanaryHold.String(), "retry_after": "1s", "incident_commander": "drill"}})
 	if err != nil {
 		return nil, err

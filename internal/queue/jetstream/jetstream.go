@@ -53,9 +53,12 @@ type Config struct {
 	Subject         string        // subject prefix; default DefaultSubject
 	AckWait         time.Duration // redelivery delay for unacknowledged messages; default 30s
 	DuplicateWindow time.Duration // Nats-Msg-Id de-duplication window; default 2m
-	Replicas        int           // stream replicas on a cluster; default 1
-	Prefetch        int           // messages a subscription buffers; default 32
-	Logger          *slog.Logger  // default slog.Default()
+	// Replicas of the streams on a cluster. 0 keeps an existing stream's
+	// replication and creates a new one with 1, so a process that does
+	// not say (an operator's `countersign queue stats`) never changes it.
+	Replicas int
+	Prefetch int          // messages a subscription buffers; default 32
+	Logger   *slog.Logger // default slog.Default()
 }
 
 func (c Config) withDefaults() Config {
@@ -70,9 +73,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DuplicateWindow == 0 {
 		c.DuplicateWindow = DefaultDuplicateWindow
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
 	}
 	if c.Prefetch == 0 {
 		c.Prefetch = DefaultPrefetch
@@ -116,7 +116,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		Retention:  jetstream.LimitsPolicy,
 		Storage:    jetstream.FileStorage,
 		Duplicates: cfg.DuplicateWindow,
-		Replicas:   cfg.Replicas,
+		Replicas:   q.replicas(ctx, cfg.Stream),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: stream %s: %w", cfg.Stream, err)
@@ -126,12 +126,26 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		Subjects:  []string{cfg.Subject + ".replay.>"},
 		Retention: jetstream.LimitsPolicy,
 		Storage:   jetstream.FileStorage,
-		Replicas:  cfg.Replicas,
+		Replicas:  q.replicas(ctx, q.replayStream()),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: stream %s: %w", q.replayStream(), err)
 	}
 	return q, nil
+}
+
+// replicas is the replication to create or update stream name with: the
+// configured one, else the stream's current one, else 1.
+func (q *Queue) replicas(ctx context.Context, name string) int {
+	if q.cfg.Replicas > 0 {
+		return q.cfg.Replicas
+	}
+	if s, err := q.js.Stream(ctx, name); err == nil {
+		if r := s.CachedInfo().Config.Replicas; r > 0 {
+			return r
+		}
+	}
+	return 1
 }
 
 // Dial connects to an external server or cluster (comma-separated URLs)

@@ -128,9 +128,13 @@ func (q *Queue) controlTopic() string         { return q.cfg.Topic + ".control" 
 func (q *Queue) replayGroup() string          { return q.cfg.Topic + ".replay" }
 func (q *Queue) group(consumer string) string { return q.cfg.Topic + "." + consumer }
 
+// createTopics creates the topics that do not exist yet. It asks first,
+// so that a principal without the Create ACL works once the topics exist
+// (Kafka answers a create request of such a principal with an
+// authorization error even for an existing topic).
 func (q *Queue) createTopics(ctx context.Context) error {
 	compact := "compact"
-	for _, t := range []struct {
+	topics := []struct {
 		name  string
 		parts int32
 		conf  map[string]*string
@@ -138,7 +142,19 @@ func (q *Queue) createTopics(ctx context.Context) error {
 		{q.cfg.Topic, q.cfg.Partitions, nil},
 		{q.replayTopic(), 1, nil},
 		{q.controlTopic(), 1, map[string]*string{"cleanup.policy": &compact}},
-	} {
+	}
+	names := make([]string, len(topics))
+	for i, t := range topics {
+		names[i] = t.name
+	}
+	existing, err := q.adm.ListTopics(ctx, names...)
+	if err != nil {
+		return fmt.Errorf("kafka: describe topics: %w", err)
+	}
+	for _, t := range topics {
+		if d, ok := existing[t.name]; ok && d.Err == nil {
+			continue
+		}
 		resp, err := q.adm.CreateTopic(ctx, t.parts, q.cfg.ReplicationFactor, t.conf, t.name)
 		if err == nil {
 			err = resp.Err

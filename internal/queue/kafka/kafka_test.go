@@ -4,9 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
 
 	"github.com/countersign/countersign/internal/queue"
 	"github.com/countersign/countersign/internal/queue/kafka"
@@ -105,4 +109,56 @@ func BenchmarkConsumeAckKfakeFakeCluster(b *testing.B) {
 	<-done
 	b.StopTimer()
 	sub.Stop()
+}
+
+// TestWithoutCreateACL: once the topics exist, a principal with Describe,
+// Read and Write on them and Read on the groups, but no Create, opens the
+// queue and works; without the topics it is told it may not create them.
+func TestWithoutCreateACL(t *testing.T) {
+	const topic = "cs.acl"
+	allow := func(res kmsg.ACLResourceType, name string, ops ...kmsg.ACLOperation) []kfake.ACL {
+		var acls []kfake.ACL
+		for _, op := range ops {
+			acls = append(acls, kfake.ACL{Resource: res, Name: name, Pattern: kmsg.ACLResourcePatternTypeLiteral, Operation: op, Allow: true})
+		}
+		return acls
+	}
+	var acls []kfake.ACL
+	for _, tp := range []string{topic, topic + ".replay", topic + ".control"} {
+		acls = append(acls, allow(kmsg.ACLResourceTypeTopic, tp, kmsg.ACLOperationDescribe, kmsg.ACLOperationRead, kmsg.ACLOperationWrite)...)
+	}
+	for _, g := range []string{topic + ".workers", topic + ".replay"} {
+		acls = append(acls, allow(kmsg.ACLResourceTypeGroup, g, kmsg.ACLOperationRead, kmsg.ACLOperationDescribe)...)
+	}
+	acls = append(acls, allow(kmsg.ACLResourceTypeCluster, "kafka-cluster", kmsg.ACLOperationIdempotentWrite)...)
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.EnableSASL(), kfake.EnableACLs(),
+		kfake.Superuser("PLAIN", "admin", "admin-pw"), kfake.User("PLAIN", "app", "app-pw", acls...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	as := func(user, pass string) kafka.Config {
+		return kafka.Config{Brokers: c.ListenAddrs(), Topic: topic,
+			ClientOpts: []kgo.Opt{kgo.SASL(plain.Auth{User: user, Pass: pass}.AsMechanism())}}
+	}
+	ctx := t.Context()
+	if _, err := kafka.New(ctx, as("app", "app-pw")); err == nil || !strings.Contains(err.Error(), "create topic") {
+		t.Fatalf("New as app before the topics exist = %v, want a create-topic authorization error", err)
+	}
+	admin, err := kafka.New(ctx, as("admin", "admin-pw"))
+	if err != nil {
+		t.Fatalf("New as admin: %v", err)
+	}
+	admin.Close()
+	q, err := kafka.New(ctx, as("app", "app-pw"))
+	if err != nil {
+		t.Fatalf("New as app once the topics exist: %v", err)
+	}
+	defer q.Close()
+	if _, err := q.Publish(ctx, queuetest.Msg("acme", "acl")); err != nil {
+		t.Fatalf("Publish as app: %v", err)
+	}
+	if _, err := q.Positions(ctx); err != nil {
+		t.Fatalf("Positions as app: %v", err)
+	}
 }
