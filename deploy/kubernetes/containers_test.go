@@ -69,7 +69,7 @@ func checkPod(t *testing.T, where string, spec corev1.PodSpec) {
 }
 
 // secretishEnv matches names of values that must come from a Secret.
-var secretishEnv = regexp.MustCompile(`PASSWORD|PASSPHRASE|TOKEN|SECRET|_PIN|NATS_URL|ACCESS_KEY`)
+var secretishEnv = regexp.MustCompile(`PASSWORD|PASSPHRASE|TOKEN|SECRET|_PIN|NATS_URL|QUEUE_URL|ACCESS_KEY`)
 
 func checkContainer(t *testing.T, where string, spec corev1.PodSpec, c corev1.Container, main bool) {
 	t.Helper()

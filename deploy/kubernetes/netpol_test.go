@@ -38,11 +38,21 @@ type flow struct {
 func (f flow) String() string { return fmt.Sprintf("%s → %s:%d/%s", f.src, f.dst, f.port, f.proto) }
 
 // externalPorts are probed towards addresses outside the cluster's pods.
-var externalPorts = []int32{22, 53, 80, 443, 4222, 5432, 6443, 7300, 8080}
+var externalPorts = []int32{22, 53, 80, 443, 4222, 5432, 6443, 7300, 8080, 9092, 9093}
+
+// queuePorts are the queue's ports: NATS, or Kafka's plaintext and TLS
+// listeners (component kafka).
+func queuePorts(o overlay) []int32 {
+	if o.kafka {
+		return []int32{9092, 9093}
+	}
+	return []int32{4222}
+}
 
 // wantFlows is the NetworkPolicy matrix of docs/kubernetes.md: every flow
 // allowed; anything else between the peers of peersOf is denied.
-func wantFlows(gatewayAPI bool) []flow {
+func wantFlows(o overlay) []flow {
+	gatewayAPI := o.gatewayAPI
 	tcp := func(src, dst string, port int32) flow { return flow{src, dst, port, corev1.ProtocolTCP} }
 	var f []flow
 	for _, c := range []string{"node", "gateway", "control"} {
@@ -54,10 +64,13 @@ func wantFlows(gatewayAPI bool) []flow {
 	f = append(f,
 		tcp("control", "node-stable", 7300), tcp("control", "node-canary", 7300),
 		tcp("control", "maintenance", 8080),
-		tcp("node", "external", 5432), tcp("node", "external", 4222),
-		tcp("control", "external", 5432), tcp("control", "external", 4222),
+		tcp("node", "external", 5432),
+		tcp("control", "external", 5432),
 		tcp("control", "external", 443), tcp("control", "external", 6443),
 	)
+	for _, p := range queuePorts(o) {
+		f = append(f, tcp("node", "external", p), tcp("control", "external", p))
+	}
 	if gatewayAPI {
 		return append(f,
 			tcp("gateway-implementation", "node-stable", 7300), tcp("gateway-implementation", "node-canary", 7300),
@@ -103,7 +116,7 @@ func TestNetworkPolicyMatrix(t *testing.T) {
 		t.Run(o.dir, func(t *testing.T) {
 			r := render(t, o)
 			want := map[string]bool{}
-			for _, f := range wantFlows(o.gatewayAPI) {
+			for _, f := range wantFlows(o) {
 				want[matrixKey(f)] = true
 			}
 			peers := peersOf(r)

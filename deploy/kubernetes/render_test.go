@@ -35,6 +35,8 @@ type overlay struct {
 	gatewayAPI bool
 	// production: sizes and budgets for a real cluster.
 	production bool
+	// kafka: the queue is Kafka (component kafka), not NATS JetStream.
+	kafka bool
 }
 
 var overlays = []overlay{
@@ -42,7 +44,10 @@ var overlays = []overlay{
 	{dir: "overlays/testbed", devSecrets: true, gatewayAPI: true},
 	{dir: "overlays/production", production: true},
 	{dir: "overlays/gateway-api", gatewayAPI: true, production: true},
-	{dir: "testdata/pkcs11", production: true}, // component pkcs11 on overlay production
+	{dir: "testdata/pkcs11", production: true},             // component pkcs11 on overlay production
+	{dir: "testdata/kafka", production: true, kafka: true}, // component kafka on overlay production
+	// components gateway-api and kafka in one overlay, in their order
+	{dir: "testdata/kafka-gateway-api", gatewayAPI: true, production: true, kafka: true},
 }
 
 // object is one rendered object, decoded as far as every kind allows.
