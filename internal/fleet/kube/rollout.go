@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -76,13 +77,22 @@ func (f *Fleet) waitRollout(ctx context.Context, dep *appsv1.Deployment, token s
 		switch {
 		case err == nil:
 			last = progress
-		case ctx.Err() == nil || last == "":
+		case !cutShort(ctx, err) || last == "":
 			last = err.Error()
 		}
 		if werr := f.pause(ctx); werr != nil {
 			return rs, fmt.Errorf("%w: %s (waited %s): %w", fleet.ErrNotReady, last, f.cfg.ReadyTimeout, werr)
 		}
 	}
+}
+
+// cutShort reports whether err is a read the rollout's deadline cut short
+// rather than a failure worth reporting: the context ended, or client-go's
+// rate limiter refused to wait past the deadline (its error, from
+// x/time/rate, does not wrap context.DeadlineExceeded).
+func cutShort(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) ||
+		strings.Contains(err.Error(), "would exceed context deadline")
 }
 
 // rolloutStep reads the rollout once; progress is empty when it is
