@@ -43,9 +43,14 @@ type worldQueue struct {
 	srv *jetstream.Server
 	q   queue.Queue
 	url string
-	// nodeFlag is the node flag that passes url to a release: --nats for
-	// JetStream (every release understands it), --queue-url for Kafka.
-	nodeFlag string
+	// nodeArgs pass the embedded server's URL to a release's nodes
+	// (--nats: every release understands it; the URL holds no secret).
+	// nodeEnv passes an external queue's URL instead, through the local
+	// fleet's environment, which is never recorded and never on a command
+	// line, since the URL may hold a password: $COUNTERSIGN_NATS_URL for
+	// JetStream (every release reads it), $COUNTERSIGN_QUEUE_URL for Kafka.
+	nodeArgs []string
+	nodeEnv  []string
 	urlFile  string
 	// closeConn closes the control plane's in-process connection.
 	closeConn func()
@@ -85,7 +90,7 @@ func (w *World) startQueue(ctx context.Context) error {
 		srv.Shutdown()
 		return fmt.Errorf("control: queue streams: %w", err)
 	}
-	w.queue = &worldQueue{srv: srv, q: q, url: srv.ClientURL(), nodeFlag: "--nats", urlFile: urlFile, closeConn: nc.Close}
+	w.queue = &worldQueue{srv: srv, q: q, url: srv.ClientURL(), nodeArgs: []string{"--nats", srv.ClientURL()}, urlFile: urlFile, closeConn: nc.Close}
 	if err := os.WriteFile(urlFile, []byte(w.queue.url+"\n"), 0o600); err != nil {
 		w.queue.close()
 		w.queue = nil
@@ -108,11 +113,11 @@ func (w *World) dialQueue(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("control: %w", err)
 	}
-	flag := "--nats"
+	env := "COUNTERSIGN_NATS_URL="
 	if t.Backend != queueurl.JetStream {
-		flag = "--queue-url"
+		env = "COUNTERSIGN_QUEUE_URL="
 	}
-	w.queue = &worldQueue{q: q, url: w.cfg.QueueURL, nodeFlag: flag}
+	w.queue = &worldQueue{q: q, url: w.cfg.QueueURL, nodeEnv: []string{env + w.cfg.QueueURL}}
 	return nil
 }
 

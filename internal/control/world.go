@@ -374,6 +374,7 @@ func (w *World) startFleet(ctx context.Context) error {
 	}
 	f, err := local.New(local.Config{
 		StateDir:     filepath.Join(w.cfg.Dir, "fleet"),
+		Env:          w.queue.nodeEnv,
 		ReadyTimeout: 60 * time.Second,
 		StopTimeout:  15 * time.Second,
 		Endpoints: func(ctx context.Context, pool string, eps []string) error {
@@ -457,8 +458,9 @@ func (w *World) release(spec ReleaseSpec, flagsPath string) (fleet.Release, erro
 			"--worker", "--queue-ack-wait", w.ackWait().String(), "--flags", "{{.FlagsFile}}"}
 	} else {
 		rel.Args = []string{"node", "--data", w.cfg.Dir, "--listen", "{{.Listen}}", "--release", "{{.Release}}",
-			"--instance", "{{.Instance}}", "--integrate=false",
-			w.queue.nodeFlag, w.queue.url, "--worker", "--queue-ack-wait", w.ackWait().String(), "--flags", flagsPath}
+			"--instance", "{{.Instance}}", "--integrate=false"}
+		rel.Args = append(rel.Args, w.queue.nodeArgs...)
+		rel.Args = append(rel.Args, "--worker", "--queue-ack-wait", w.ackWait().String(), "--flags", flagsPath)
 	}
 	if spec.Fault != "" {
 		if !w.cfg.Drill {

@@ -78,6 +78,15 @@ func TestDrillOnKafka(t *testing.T) {
 		}
 	}
 
+	// The queue URL (which may carry a password) reached the nodes through
+	// the fleet's environment: it is neither in their recorded arguments
+	// nor anywhere else in the fleet's state.
+	if b, err := os.ReadFile(filepath.Join(out, "world", "fleet", "fleet.json")); err != nil {
+		t.Errorf("fleet state: %v", err)
+	} else if strings.Contains(string(b), "kafka://") || strings.Contains(string(b), "--queue-url") {
+		t.Errorf("fleet.json records the queue URL:\n%s", b)
+	}
+
 	// The snapshot holds Kafka's archive and positions, not JetStream's.
 	b, err := os.ReadFile(rep.SnapshotManifest)
 	if err != nil {

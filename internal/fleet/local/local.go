@@ -53,6 +53,11 @@ type Config struct {
 	// exited unasked; the delay doubles per crash and is reset once a
 	// replica has run for BackoffReset.
 	RestartBackoffMin, RestartBackoffMax, BackoffReset time.Duration
+	// Env is added to every replica's environment (after this process's
+	// own, before the release's Env), KEY=value. Unlike a release's Args
+	// and Env it is not recorded in fleet.json, so it may carry secrets
+	// (an external queue URL with a password); it reaches every release.
+	Env []string
 	// Endpoints, if set, is told when a pool's endpoints change.
 	Endpoints EndpointSink
 	// Now is the clock of revision timestamps; default time.Now.

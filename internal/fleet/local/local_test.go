@@ -52,6 +52,28 @@ func TestDeployStartsReadyReplicas(t *testing.T) {
 	}
 }
 
+// TestFleetEnvReachesReplicasUnrecorded: Config.Env reaches every
+// replica's environment but not fleet.json, and a release's Env comes
+// after it.
+func TestFleetEnvReachesReplicasUnrecorded(t *testing.T) {
+	dir := t.TempDir()
+	f := newTestFleet(t, dir, func(c *Config) { c.Env = []string{"TESTNODE_SECRET=s3cret-pw", "TESTNODE_EXTRA=from-fleet"} })
+	if _, err := f.Deploy(t.Context(), "stable", release(t, "v1"), 1); err != nil {
+		t.Fatal(err)
+	}
+	w := mustWhoami(t, poolStatus(t, f, "stable").Endpoints[0])
+	if w.Secret != "s3cret-pw" || w.Extra != "v1-env" {
+		t.Errorf("replica sees secret %q, extra %q; want the fleet's secret and the release's extra", w.Secret, w.Extra)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "fleet.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "s3cret-pw") || strings.Contains(string(b), "TESTNODE_SECRET") {
+		t.Errorf("fleet.json records the fleet's environment:\n%s", b)
+	}
+}
+
 func TestCrashedReplicaRestarts(t *testing.T) {
 	f := newTestFleet(t, t.TempDir(), nil)
 	if _, err := f.Deploy(t.Context(), "stable", release(t, "v1"), 1); err != nil {

@@ -108,6 +108,7 @@ type whoamiResp struct {
 	Release  string   `json:"release"`
 	Instance string   `json:"instance"`
 	Extra    string   `json:"extra"`
+	Secret   string   `json:"secret"`
 	InFlight int      `json:"in_flight"`
 }
 

@@ -228,6 +228,7 @@ func (r *replica) command() (*exec.Cmd, *os.File, error) {
 	if rel.FlagsFile != "" {
 		cmd.Env = append(cmd.Env, "COUNTERSIGN_FLAGS_FILE="+rel.FlagsFile)
 	}
+	cmd.Env = append(cmd.Env, r.f.cfg.Env...)
 	cmd.Env = append(cmd.Env, rel.Env...)
 	return cmd, logFile, nil
 }

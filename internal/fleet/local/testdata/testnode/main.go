@@ -36,7 +36,7 @@ func main() {
 		json.NewEncoder(w).Encode(map[string]any{
 			"pid": os.Getpid(), "listen": *listen, "args": os.Args[1:],
 			"release": os.Getenv("COUNTERSIGN_RELEASE"), "instance": os.Getenv("COUNTERSIGN_INSTANCE"),
-			"extra": os.Getenv("TESTNODE_EXTRA"), "in_flight": inFlight.Load(),
+			"extra": os.Getenv("TESTNODE_EXTRA"), "secret": os.Getenv("TESTNODE_SECRET"), "in_flight": inFlight.Load(),
 		})
 	})
 	mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
