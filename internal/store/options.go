@@ -9,7 +9,7 @@ import (
 
 // SchemaVersion is the latest schema version this binary knows: every
 // backend embeds migrations 1..SchemaVersion.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // The schema range a binary runs against unless its release declares
 // another one (Options.SchemaMin/SchemaMax). A binary needs at least its own
