@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -132,6 +133,26 @@ func TestTestbedIsAccepted(t *testing.T) {
 	// Re-applying is a no-op, not a conflict: the operator owns what it set.
 	if err := applyRendered(ctx, c, render(t, overlays[1]), false); err != nil {
 		t.Errorf("re-applying the testbed overlay: %v", err)
+	}
+}
+
+// TestEveryOverlayIsAccepted: the overlays and test compositions the
+// cluster does not run (production, gateway-api, the pkcs11 and kafka
+// components) pass the API server's strict validation and admission, as
+// a server-side dry run over the applied testbed.
+func TestEveryOverlayIsAccepted(t *testing.T) {
+	c := testbed(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	for _, o := range overlays {
+		if slices.ContainsFunc(testbedOverlays, func(x overlay) bool { return x.dir == o.dir }) {
+			continue
+		}
+		t.Run(o.dir, func(t *testing.T) {
+			if err := applyRendered(ctx, c, render(t, o), true, "--dry-run=server"); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }
 
