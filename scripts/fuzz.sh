@@ -19,6 +19,7 @@ declare -A budget=(
   [FuzzVerifyCMS]=40000x
   [FuzzVerifyJWS]=150000x
   [FuzzVerifyRaw]=75000x
+  [FuzzRedact]=30000x
 )
 found=0
 out="$(mktemp)"

@@ -195,17 +195,26 @@ func parseKafka(raw string) (kafka.Config, error) {
 		return kafka.Config{}, fmt.Errorf("%w %q: %s", ErrInvalid, Redact(raw), fmt.Sprintf(format, a...))
 	}
 	rest := raw[len("kafka://"):]
+	// The user information runs to the last "@", so a password may hold
+	// '/', '?' or '#' without being read as the path or the options.
+	var user *url.Userinfo
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		name, pass, hasPass := strings.Cut(rest[:at], ":")
+		var err error
+		if name, err = url.PathUnescape(name); err != nil {
+			return bad("credentials: the user name is not percent-encoded correctly")
+		}
+		if pass, err = url.PathUnescape(pass); err != nil {
+			return bad("credentials: the password is not percent-encoded correctly")
+		}
+		if user = url.User(name); hasPass {
+			user = url.UserPassword(name, pass)
+		}
+		rest = rest[at+1:]
+	}
 	var query string
 	rest, query, _ = strings.Cut(rest, "?")
 	authority, path, _ := strings.Cut(rest, "/")
-	var user *url.Userinfo
-	if at := strings.LastIndex(authority, "@"); at >= 0 {
-		u, err := url.Parse("kafka://" + authority[:at+1] + "h")
-		if err != nil {
-			return bad("credentials: %v", redactErr(err))
-		}
-		user, authority = u.User, authority[at+1:]
-	}
 	var cfg kafka.Config
 	for _, b := range strings.Split(authority, ",") {
 		host, port, err := net.SplitHostPort(strings.TrimSpace(b))
@@ -321,43 +330,46 @@ func validTopic(s string) bool {
 	return true
 }
 
-// Redact returns the URL with every password replaced by "xxxxx", for
-// logs, errors and reports. It handles comma-separated NATS URLs and
-// Kafka broker lists, and never returns a password it could not parse
-// around.
+// Redact returns the URL with every secret of its user information
+// replaced by "xxxxx", for logs, errors and reports: the password of
+// USER:PASSWORD, and a userinfo without a colon whole (a NATS token). It
+// redacts each URL of a comma-separated NATS list on its own when the list
+// is well formed, and otherwise everything from the first "://" to the
+// last "@", so a password holding a comma, '/', '?' or '#' is still gone:
+// it errs towards hiding too much, never too little.
 func Redact(raw string) string {
-	scheme, rest, ok := strings.Cut(raw, "://")
-	if !ok {
-		if strings.Contains(raw, "@") {
-			return "(unparsable URL)"
-		}
-		return raw
-	}
-	if strings.EqualFold(scheme, "kafka") {
-		// One authority for every broker: kafka://user:pass@h1:9092,h2:9092/...
-		end := strings.IndexAny(rest, "/?")
-		if end < 0 {
-			end = len(rest)
-		}
-		if at := strings.LastIndex(rest[:end], "@"); at >= 0 {
-			user, _, hasPass := strings.Cut(rest[:at], ":")
-			if hasPass {
-				return scheme + "://" + user + ":xxxxx" + rest[at:]
-			}
-		}
-		return raw
-	}
 	parts := strings.Split(raw, ",")
-	for i, p := range parts {
-		u, err := url.Parse(strings.TrimSpace(p))
-		switch {
-		case err != nil && strings.Contains(p, "@"):
-			parts[i] = "(unparsable URL)"
-		case err == nil && u.User != nil:
-			parts[i] = u.Redacted()
+	scheme, _, _ := strings.Cut(raw, "://")
+	if strings.EqualFold(scheme, "kafka") || len(parts) == 1 {
+		return redactOne(raw)
+	}
+	for _, p := range parts[1:] {
+		if !strings.Contains(p, "://") {
+			return redactOne(raw) // not a list of URLs: a comma inside a userinfo, say
 		}
+	}
+	for i, p := range parts {
+		parts[i] = redactOne(p)
 	}
 	return strings.Join(parts, ",")
+}
+
+// redactOne redacts the user information of one URL: everything between
+// its "://" and its last "@".
+func redactOne(u string) string {
+	at := strings.LastIndex(u, "@")
+	if at < 0 {
+		return u
+	}
+	start := strings.Index(u, "://")
+	if start < 0 || start+3 > at {
+		return "xxxxx" + u[at:] // no scheme before the "@": hide all of it
+	}
+	start += 3
+	if user, _, ok := strings.Cut(u[start:at], ":"); ok && !strings.ContainsAny(user, "/?#") {
+		return u[:start] + user + ":xxxxx" + u[at:]
+	}
+	return u[:start] + "xxxxx" + u[at:]
 }
 
 // redactErr drops the text of a url.Error, which quotes the URL it could

@@ -119,16 +119,31 @@ func TestRedact(t *testing.T) {
 	for in, want := range map[string]string{
 		"nats://127.0.0.1:4222":                        "nats://127.0.0.1:4222",
 		"nats://u:pw1@a:4222,nats://v:pw2@b:4222":      "nats://u:xxxxx@a:4222,nats://v:xxxxx@b:4222",
-		"nats://token@a:4222":                          "nats://token@a:4222",
+		"nats://s3cret-token@a:4222":                   "nats://xxxxx@a:4222", // a NATS token
 		"kafka://svc:pw1@k1:9092,k2:9092/t?sasl=plain": "kafka://svc:xxxxx@k1:9092,k2:9092/t?sasl=plain",
-		"kafka://k1:9092/t?x=a@b":                      "kafka://k1:9092/t?x=a@b",
 		"kafka://svc:p@ss:w0rd@k1:9092?sasl=plain":     "kafka://svc:xxxxx@k1:9092?sasl=plain",
-		"h:p@ss":               "(unparsable URL)",
-		"nats://u:p%zz@a:4222": "(unparsable URL)",
+		"kafka://svc:pa/ss?w#rd@k1:9092?sasl=plain":    "kafka://svc:xxxxx@k1:9092?sasl=plain",
+		"nats://u:pa,ss@a:4222":                        "nats://u:xxxxx@a:4222", // a comma in the password
+		"nats://u:p%zz@a:4222":                         "nats://u:xxxxx@a:4222",
+		"#://0:00000000@0":                             "#://0:xxxxx@0", // found by FuzzRedact
+		"h:p@ss":                                       "xxxxx@ss",
+		// An "@" after the path is taken for the end of a userinfo: too
+		// much is hidden, never too little.
+		"kafka://k1:9092/t?x=a@b": "kafka://k1:xxxxx@b",
 	} {
 		if got := Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestParseKafkaPasswordWithReservedCharacters(t *testing.T) {
+	got, err := Parse("kafka://svc:pa/ss?w#rd@k1:9092/topic?sasl=plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.kafka.Topic != "topic" || strings.Join(got.kafka.Brokers, ",") != "k1:9092" || len(got.kafka.ClientOpts) != 1 {
+		t.Errorf("parsed %+v", got.kafka)
 	}
 }
 
