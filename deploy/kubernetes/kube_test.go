@@ -18,7 +18,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
@@ -51,7 +50,8 @@ func testbed(t *testing.T) *kubetest.Cluster {
 			applied.err = fmt.Errorf("install Gateway API CRDs: %w", err)
 			return
 		}
-		if applied.err = provisionControlVolume(ctx, c.Client); applied.err != nil {
+		// The control plane's claim: the test bed has no provisioner.
+		if _, applied.err = c.BindClaim(ctx, Namespace, "countersign-control", "2Gi"); applied.err != nil {
 			return
 		}
 		for _, o := range testbedOverlays {
@@ -64,26 +64,6 @@ func testbed(t *testing.T) *kubetest.Cluster {
 		t.Fatalf("applying the testbed overlay: %v", applied.err)
 	}
 	return c
-}
-
-// provisionControlVolume does what a cluster's storage provisioner does
-// for the control plane's PersistentVolumeClaim: the test bed has none, and
-// a pod whose claim is unbound is never scheduled. KWOK runs no container,
-// so the hostPath is never touched.
-func provisionControlVolume(ctx context.Context, cs kubernetes.Interface) error {
-	pv := &corev1.PersistentVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: "countersign-control-testbed"},
-		Spec: corev1.PersistentVolumeSpec{
-			Capacity:               corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("2Gi")},
-			AccessModes:            []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			PersistentVolumeSource: corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/lib/countersign-testbed"}},
-			ClaimRef:               &corev1.ObjectReference{Namespace: Namespace, Name: "countersign-control"},
-		},
-	}
-	if _, err := cs.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create PersistentVolume %s: %w", pv.Name, err)
-	}
-	return nil
 }
 
 // applyRendered server-side applies what the manifests test checked (not a

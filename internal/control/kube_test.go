@@ -18,8 +18,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	authv1 "k8s.io/api/authorization/v1"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
@@ -265,25 +263,19 @@ func TestKubeRollbackDrill(t *testing.T) {
 	cli := []string{"playbook", "plan", "rollback", "--fleet", "kube", "--kubeconfig", saKubeconfig, "--namespace", ns,
 		"--data", dir, "--image", image, "--nats", nats.DefaultURL, "--incident", inc.ID,
 		"--pool-endpoint", "stable=" + eps[control.PoolStable], "--pool-endpoint", "canary=" + eps[control.PoolCanary]}
+	// The control plane's pod waits for its volume: the test bed has no
+	// provisioner, so give its claim one to bind (KWOK then runs the pod
+	// as Ready without starting a container).
+	pv, err := c.BindClaim(ctx, ns, "countersign-control", "2Gi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Client.CoreV1().PersistentVolumes().Delete(context.Background(), pv, metav1.DeleteOptions{})
+	})
 	// While the in-cluster control plane is ready, the CLI refuses to start
 	// a second one beside it (two control planes would fight over the
 	// pools and the route).
-	// The control plane's pod waits for its volume: the test bed has no
-	// provisioner, so give its claim a volume to bind (KWOK then runs the
-	// pod as Ready without starting a container).
-	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "countersign-control-" + strings.ToLower(inc.ID)},
-		Spec: corev1.PersistentVolumeSpec{
-			Capacity:               corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("2Gi")},
-			AccessModes:            []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			PersistentVolumeSource: corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/lib/countersign-test"}},
-			ClaimRef:               &corev1.ObjectReference{Namespace: ns, Name: "countersign-control"},
-		}}
-	if _, err := c.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("volume for the control plane's claim: %v", err)
-	}
-	t.Cleanup(func() {
-		c.Client.CoreV1().PersistentVolumes().Delete(context.Background(), pv.Name, metav1.DeleteOptions{})
-	})
 	waitControlReady(t, ctx, c, "a ready replica", func(n int32) bool { return n > 0 })
 	out, err := exec.CommandContext(ctx, bin, cli...).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "countersign-control has 1 ready replica(s)") {

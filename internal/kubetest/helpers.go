@@ -13,6 +13,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 )
@@ -115,4 +116,31 @@ func (c *Cluster) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
 			strings.TrimSpace(stderr.String()))
 	}
 	return stdout.Bytes(), nil
+}
+
+// BindClaim does what a cluster's storage provisioner does for the
+// PersistentVolumeClaim namespace/claim: it creates a hostPath
+// PersistentVolume of size reserved for that claim, named
+// "<namespace>-<claim>". The test bed has no provisioner, and a pod whose
+// claim is unbound is never scheduled; KWOK runs no container, so the
+// path is never touched. A volume already there is left as it is.
+func (c *Cluster) BindClaim(ctx context.Context, namespace, claim, size string) (name string, err error) {
+	q, err := resource.ParseQuantity(size)
+	if err != nil {
+		return "", fmt.Errorf("kubetest: volume size %q: %w", size, err)
+	}
+	name = namespace + "-" + claim
+	pv := &corev1.PersistentVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PersistentVolumeSpec{
+			Capacity:               corev1.ResourceList{corev1.ResourceStorage: q},
+			AccessModes:            []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			PersistentVolumeSource: corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/lib/kubetest/" + name}},
+			ClaimRef:               &corev1.ObjectReference{Namespace: namespace, Name: claim},
+		},
+	}
+	if _, err := c.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("kubetest: create PersistentVolume %s: %w", name, err)
+	}
+	return name, nil
 }
