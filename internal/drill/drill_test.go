@@ -11,11 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
-
 	"github.com/countersign/countersign/internal/flags"
 	"github.com/countersign/countersign/internal/playbook"
 	"github.com/countersign/countersign/internal/queue/kafka"
+	"github.com/countersign/countersign/internal/queue/queuetest"
 )
 
 // buildBinary builds the countersign command once: the fleet runs it as
@@ -58,18 +57,14 @@ func TestDrillOnKafka(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a drill takes ~30 s; run without -short")
 	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatalf("kfake: %v", err)
-	}
-	defer c.Close()
+	brokers := queuetest.FakeKafka(t)
 	sc, err := Lookup("invalid-signatures")
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := t.TempDir()
 	rep := runDrill(t, Config{Scenario: sc, Out: out, Artifact: buildBinary(t),
-		QueueURL: "kafka://" + strings.Join(c.ListenAddrs(), ",") + "/drill.sign"})
+		QueueURL: "kafka://" + strings.Join(brokers, ",") + "/drill.sign"})
 	checkDrill(t, sc, rep, out)
 	for _, st := range rep.Steps {
 		if st.ID == "replay" {

@@ -17,18 +17,6 @@ import (
 	"github.com/countersign/countersign/internal/queue/queuetest"
 )
 
-// newFakeCluster starts kfake, franz-go's protocol-level FAKE Kafka cluster,
-// in process: no real Kafka broker can run on the development machines.
-func newFakeCluster(t testing.TB) []string {
-	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatalf("kfake: %v", err)
-	}
-	t.Cleanup(c.Close)
-	return c.ListenAddrs()
-}
-
 func openFake(t testing.TB, brokers []string) *kafka.Queue {
 	t.Helper()
 	q, err := kafka.New(context.Background(), kafka.Config{Brokers: brokers, Topic: "cs." + rand.Text()[:8]})
@@ -41,14 +29,14 @@ func openFake(t testing.TB, brokers []string) *kafka.Queue {
 
 func TestConformanceKfakeFakeCluster(t *testing.T) {
 	queuetest.Run(t, func(t *testing.T) queue.Queue {
-		return openFake(t, newFakeCluster(t))
+		return openFake(t, queuetest.FakeKafka(t))
 	})
 }
 
 // TestPauseSurvivesRestart checks that a pause written by one Queue is
 // honoured by a Queue opened afterwards (a restarted worker).
 func TestPauseSurvivesRestart(t *testing.T) {
-	brokers := newFakeCluster(t)
+	brokers := queuetest.FakeKafka(t)
 	ctx := t.Context()
 	cfg := kafka.Config{Brokers: brokers, Topic: "cs.restart"}
 	q1, err := kafka.New(ctx, cfg)
@@ -74,7 +62,7 @@ func TestPauseSurvivesRestart(t *testing.T) {
 }
 
 func BenchmarkPublishKfakeFakeCluster(b *testing.B) {
-	q := openFake(b, newFakeCluster(b))
+	q := openFake(b, queuetest.FakeKafka(b))
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
@@ -85,7 +73,7 @@ func BenchmarkPublishKfakeFakeCluster(b *testing.B) {
 }
 
 func BenchmarkConsumeAckKfakeFakeCluster(b *testing.B) {
-	q := openFake(b, newFakeCluster(b))
+	q := openFake(b, queuetest.FakeKafka(b))
 	ctx := context.Background()
 	for i := range b.N {
 		if _, err := q.Publish(ctx, queuetest.Msg("acme", fmt.Sprint(i))); err != nil {
@@ -131,14 +119,10 @@ func TestWithoutCreateACL(t *testing.T) {
 		acls = append(acls, allow(kmsg.ACLResourceTypeGroup, g, kmsg.ACLOperationRead, kmsg.ACLOperationDescribe)...)
 	}
 	acls = append(acls, allow(kmsg.ACLResourceTypeCluster, "kafka-cluster", kmsg.ACLOperationIdempotentWrite)...)
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.EnableSASL(), kfake.EnableACLs(),
+	brokers := queuetest.FakeKafka(t, kfake.EnableSASL(), kfake.EnableACLs(),
 		kfake.Superuser("PLAIN", "admin", "admin-pw"), kfake.User("PLAIN", "app", "app-pw", acls...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	as := func(user, pass string) kafka.Config {
-		return kafka.Config{Brokers: c.ListenAddrs(), Topic: topic,
+		return kafka.Config{Brokers: brokers, Topic: topic,
 			ClientOpts: []kgo.Opt{kgo.SASL(plain.Auth{User: user, Pass: pass}.AsMechanism())}}
 	}
 	ctx := t.Context()

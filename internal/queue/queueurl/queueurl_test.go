@@ -147,16 +147,11 @@ func TestParseKafkaPasswordWithReservedCharacters(t *testing.T) {
 	}
 }
 
-// newKafka starts kfake, franz-go's protocol-level FAKE Kafka cluster, in
-// process: no real Kafka broker can run on the development machines.
+// newKafka starts a fake Kafka cluster (queuetest.FakeKafka) and returns
+// its brokers as a URL authority.
 func newKafka(t *testing.T, opts ...kfake.Opt) string {
 	t.Helper()
-	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1)}, opts...)...)
-	if err != nil {
-		t.Fatalf("kfake: %v", err)
-	}
-	t.Cleanup(c.Close)
-	return strings.Join(c.ListenAddrs(), ",")
+	return strings.Join(queuetest.FakeKafka(t, opts...), ",")
 }
 
 // roundTrip publishes one message and consumes it.
