@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/countersign/countersign/internal/api"
+	"github.com/countersign/countersign/internal/keys"
 	"github.com/countersign/countersign/internal/sign"
 	"github.com/countersign/countersign/internal/store"
 )
@@ -210,6 +211,10 @@ func signError(err error) error {
 	case errors.Is(err, sign.ErrDigestOnly):
 		return &httpError{Problem: api.NewProblem(http.StatusUnprocessableEntity, api.TypeUnsupported, err.Error()), Err: err}
 	case errors.Is(err, sign.ErrUnsupported), errors.Is(err, sign.ErrInput):
+		return &httpError{Problem: api.NewProblem(http.StatusUnprocessableEntity, api.TypeUnsupported, err.Error()), Err: err}
+	case errors.Is(err, keys.ErrUnsupported):
+		// The key's provider cannot make this kind of signature (an HSM
+		// without Ed25519ph, for the raw format): a retry never helps.
 		return &httpError{Problem: api.NewProblem(http.StatusUnprocessableEntity, api.TypeUnsupported, err.Error()), Err: err}
 	}
 	// Anything else is the key provider failing (an HSM timing out, a

@@ -37,6 +37,8 @@ type Provider struct {
 	ctx    *crypto11.Context
 	gen    uint64 // incremented on every reconnect
 	closed bool
+
+	ed edRaw // Ed25519 keys, which crypto11 cannot use (eddsa.go)
 }
 
 // New opens the module, finds the token by label and logs in.
@@ -154,7 +156,11 @@ func (p *Provider) Generate(ctx context.Context, alg keys.Algorithm, label strin
 			return c.GenerateRSAKeyPairWithLabel(id, []byte(label), bits)
 		}
 	case keys.Ed25519:
-		return "", nil, fmt.Errorf("pkcs11: %s: crypto11 has no EdDSA key support: %w", alg, keys.ErrUnsupported)
+		pub, err := p.generateEd25519(id, label)
+		if err != nil {
+			return "", nil, err
+		}
+		return URI{Token: p.cfg.TokenLabel, ID: id, Object: label}.String(), pub, nil
 	default:
 		return "", nil, fmt.Errorf("pkcs11: %q: %w", alg, keys.ErrUnsupported)
 	}
@@ -181,6 +187,13 @@ func (p *Provider) Signer(ctx context.Context, uri string) (crypto.Signer, error
 		return nil, err
 	}
 	k, gen, err := p.find(u)
+	if errors.Is(err, errUnsupportedKeyType) {
+		priv, pub, err := p.findEd25519(u)
+		if err != nil {
+			return nil, err
+		}
+		return &edSigner{p: p, uri: u, pub: pub, priv: priv}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -207,6 +220,10 @@ func (p *Provider) find(u URI) (crypto11.Signer, uint64, error) {
 		// FindKeyPairs, unlike FindKeyPair, tells "no such key" (empty
 		// result) apart from a token failure (error).
 		ks, err := c.FindKeyPairs(u.ID, nil)
+		if err != nil && strings.Contains(err.Error(), "unsupported key type") {
+			// crypto11 cannot use the key (Ed25519): not a token failure.
+			return fmt.Errorf("%w: %w", errUnsupportedKeyType, err)
+		}
 		k = nil
 		if len(ks) > 0 {
 			k = ks[0]
@@ -236,6 +253,9 @@ func (p *Provider) Destroy(ctx context.Context, uri string) error {
 		return err
 	}
 	k, _, err := p.find(u)
+	if errors.Is(err, errUnsupportedKeyType) {
+		return p.destroyEd25519(u)
+	}
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	} else if err != nil {
@@ -249,6 +269,7 @@ func (p *Provider) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
+	p.edClose() // before crypto11 finalises the module under its sessions
 	if p.ctx == nil {
 		return nil
 	}
