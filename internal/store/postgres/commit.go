@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/countersign/countersign/internal/store"
 )
@@ -14,12 +15,15 @@ import (
 // A key held by an unsigned async job fails the batch with
 // store.ErrIdempotencyTaken (the Committer retries the others one by one).
 //
-// It costs four round trips whatever the batch size: BEGIN; one pipeline
-// that takes the audit head lock and then (the statements of a pipeline run
-// in order, so under the lock: no other writer can add a key until this
-// transaction ends) loads the signatures and jobs already holding the
-// batch's idempotency keys; in-batch duplicates are settled in Go; one
-// pipeline with the inserts (sigruns.go) and the head's advance; COMMIT.
+// It costs two round trips whatever the batch size. The first pipeline
+// begins the transaction, takes the audit head lock and then (the
+// statements of a pipeline run in order, so under the lock: no other writer
+// can add a key until this transaction ends) loads the signatures and jobs
+// already holding the batch's idempotency keys; in-batch duplicates are
+// settled in Go; the second pipeline holds the inserts (sigruns.go), the
+// head's advance and COMMIT. A failure anywhere rolls back (one more round
+// trip); a connection left inside a transaction is never reused (pgxpool
+// closes it on release).
 func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite) ([]store.WriteResult, error) {
 	res := make([]store.WriteResult, len(ws))
 	if len(ws) == 0 {
@@ -30,55 +34,80 @@ func (s *Store) CommitSignatures(ctx context.Context, ws []store.SignatureWrite)
 	for i := range ws {
 		tenants[i], keys[i] = ws[i].Signature.TenantID, ws[i].Signature.IdempotencyKey
 	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		clear(res)
-		b := &pgx.Batch{}
-		b.Queue(`SELECT next FROM audit_head FOR UPDATE`)
-		b.Queue(existingSignaturesSQL, tenants, keys)
-		b.Queue(jobKeysSQL, tenants, keys)
-		br := tx.SendBatch(ctx, b)
-		next, existing, jobs, err := readLookups(br)
-		if cerr := br.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("postgres: look up idempotency keys: %w", cerr)
-		}
-		if err != nil {
-			return err
-		}
-		rows := make([]newRow, 0, len(ws))
-		firstInBatch := make(map[idemKey]int, len(ws))
-		for i := range ws {
-			k := idemKey{tenants[i], keys[i]}
-			if ex, ok := existing[k]; ok {
-				res[i] = store.WriteResult{Existing: &ex}
-				continue
-			}
-			if jobID, ok := jobs[k]; ok {
-				return store.TakenByJobError(k.tenant, k.key, jobID)
-			}
-			if j, ok := firstInBatch[k]; ok {
-				ex := ws[j].Signature
-				ex.AuditIndex = res[j].AuditIndex
-				ex.SignedAt = micros(ex.SignedAt)
-				res[i] = store.WriteResult{Existing: &ex}
-				continue
-			}
-			firstInBatch[k] = i
-			if len(ws[i].Event.Entry) == 0 {
-				return fmt.Errorf("postgres: audit event %q has no entry", ws[i].Event.Type)
-			}
-			idx := next + int64(len(rows))
-			rows = append(rows, newRow{&ws[i], idx})
-			res[i] = store.WriteResult{AuditIndex: idx}
-		}
-		if len(rows) == 0 {
-			return nil
-		}
-		return insertRows(ctx, tx, rows, next+int64(len(rows)))
-	})
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
+		return nil, fmt.Errorf("postgres: acquire connection: %w", err)
+	}
+	defer conn.Release()
+	if err := commitSignatures(ctx, conn, ws, tenants, keys, res); err != nil {
+		if conn.Conn().PgConn().TxStatus() != 'I' {
+			// Best effort: if ROLLBACK fails too, Release sees the open
+			// transaction and closes the connection.
+			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		}
 		return nil, err
 	}
 	return res, nil
+}
+
+func commitSignatures(ctx context.Context, conn *pgxpool.Conn, ws []store.SignatureWrite, tenants, keys []string, res []store.WriteResult) error {
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SELECT next FROM audit_head FOR UPDATE`)
+	b.Queue(existingSignaturesSQL, tenants, keys)
+	b.Queue(jobKeysSQL, tenants, keys)
+	br := conn.SendBatch(ctx, b)
+	_, err := br.Exec()
+	if err != nil {
+		err = fmt.Errorf("postgres: begin: %w", err)
+	}
+	var (
+		next     int64
+		existing map[idemKey]store.Signature
+		jobs     map[idemKey]string
+	)
+	if err == nil {
+		next, existing, jobs, err = readLookups(br)
+	}
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("postgres: look up idempotency keys: %w", cerr)
+	}
+	if err != nil {
+		return err
+	}
+	rows := make([]newRow, 0, len(ws))
+	firstInBatch := make(map[idemKey]int, len(ws))
+	for i := range ws {
+		k := idemKey{tenants[i], keys[i]}
+		if ex, ok := existing[k]; ok {
+			res[i] = store.WriteResult{Existing: &ex}
+			continue
+		}
+		if jobID, ok := jobs[k]; ok {
+			return store.TakenByJobError(k.tenant, k.key, jobID)
+		}
+		if j, ok := firstInBatch[k]; ok {
+			ex := ws[j].Signature
+			ex.AuditIndex = res[j].AuditIndex
+			ex.SignedAt = micros(ex.SignedAt)
+			res[i] = store.WriteResult{Existing: &ex}
+			continue
+		}
+		firstInBatch[k] = i
+		if len(ws[i].Event.Entry) == 0 {
+			return fmt.Errorf("postgres: audit event %q has no entry", ws[i].Event.Type)
+		}
+		idx := next + int64(len(rows))
+		rows = append(rows, newRow{&ws[i], idx})
+		res[i] = store.WriteResult{AuditIndex: idx}
+	}
+	if len(rows) == 0 {
+		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+			return fmt.Errorf("postgres: commit: %w", err)
+		}
+		return nil
+	}
+	return insertRows(ctx, conn, rows, next+int64(len(rows)))
 }
 
 type idemKey struct{ tenant, key string }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/countersign/countersign/internal/store"
 )
@@ -50,9 +51,10 @@ type newRow struct {
 	idx int64
 }
 
-// insertRows inserts rows (in audit index order) run by run and moves the
-// audit head to next, in one pipeline.
-func insertRows(ctx context.Context, tx pgx.Tx, rows []newRow, next int64) error {
+// insertRows inserts rows (in audit index order) run by run, moves the
+// audit head to next and commits the transaction conn has begun, in one
+// pipeline.
+func insertRows(ctx context.Context, conn *pgxpool.Conn, rows []newRow, next int64) error {
 	b := &pgx.Batch{}
 	var runs []int
 	for rest := rows; len(rest) > 0; {
@@ -66,7 +68,8 @@ func insertRows(ctx context.Context, tx pgx.Tx, rows []newRow, next int64) error
 		rest = rest[n:]
 	}
 	b.Queue(`UPDATE audit_head SET next = $1`, next)
-	br := tx.SendBatch(ctx, b)
+	b.Queue(`COMMIT`)
+	br := conn.SendBatch(ctx, b)
 	err := func() error {
 		for _, n := range runs {
 			tag, err := br.Exec()
@@ -82,6 +85,9 @@ func insertRows(ctx context.Context, tx pgx.Tx, rows []newRow, next int64) error
 		}
 		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("postgres: advance audit head: %w", err)
+		}
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("postgres: commit: %w", err)
 		}
 		return nil
 	}()
