@@ -64,8 +64,12 @@ func TestLoadCountsOutcomes(t *testing.T) {
 	if !errors.Is(firstErr, boom) {
 		t.Errorf("firstErr = %v, want %v", firstErr, boom)
 	}
-	if elapsed < 100*time.Millisecond {
-		t.Errorf("elapsed = %v, want at least the duration", elapsed)
+	// Load runs until its context's deadline, so elapsed covers the whole
+	// duration. It is measured from just after the deadline's timer is set,
+	// yet this VM once reported 98.5 ms for 100 ms (the timer and the clock
+	// read by time.Since disagreed by 1.5 ms): allow a few milliseconds.
+	if elapsed < 95*time.Millisecond {
+		t.Errorf("elapsed = %v, want the 100 ms duration", elapsed)
 	}
 	if l.Quantile(0.5) < time.Millisecond {
 		t.Errorf("p50 = %v, want at least the op's 1 ms", l.Quantile(0.5))
