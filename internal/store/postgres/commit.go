@@ -121,7 +121,7 @@ type idemKey struct{ tenant, key string }
 // signature ever made, and its cost grew with the table (at 130,000
 // signatures, 47 µs of PostgreSQL CPU per signature; docs/benchmarks.md).
 // A LATERAL subquery with a LIMIT is never flattened into a join, so each
-// key is one index probe.
+// key is one index probe (docs/design/postgres-query-plans.md).
 const (
 	existingSignaturesSQL = `SELECT s.* FROM unnest($1::text[], $2::text[]) AS k(t, i)
 		CROSS JOIN LATERAL (` + selectSignatureSQL + ` WHERE tenant_id = k.t AND idempotency_key = k.i LIMIT 1) AS s`
