@@ -3,6 +3,7 @@ package postgres
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,5 +79,36 @@ func TestFailedCommitRollsBack(t *testing.T) {
 	}
 	if res[0].AuditIndex != 2 || res[1].AuditIndex != 3 {
 		t.Fatalf("audit indexes %d, %d; want 2, 3", res[0].AuditIndex, res[1].AuditIndex)
+	}
+}
+
+// TestInsertConflictNamesTheLock inserts, as CommitSignatures' second
+// pipeline does but without its lookups, a signature whose idempotency key
+// is taken: what only a writer bypassing the audit head lock could do. The
+// transaction fails with an error that says so.
+func TestInsertConflictNamesTheLock(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, store.Options{Migrate: true})
+	if _, err := s.CommitSignatures(ctx, []store.SignatureWrite{testWrite("sig-1", "k1", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	w := testWrite("sig-2", "k1", 2)
+	err = insertRows(ctx, conn, []newRow{{&w, 1}}, 2)
+	if err == nil || !strings.Contains(err.Error(), "bypassed the audit head lock") {
+		t.Fatalf("insert of a taken key: err = %v, want one naming the audit head lock", err)
+	}
+	if _, err := conn.Exec(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.AuditSize(ctx); err != nil || n != 1 {
+		t.Fatalf("AuditSize = %d, %v; want 1", n, err)
 	}
 }
