@@ -9,13 +9,13 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/countersign/countersign/internal/auditlog"
+	"github.com/countersign/countersign/internal/install"
 	"github.com/countersign/countersign/internal/store"
 	"github.com/countersign/countersign/internal/store/sqlite"
 )
@@ -23,9 +23,6 @@ import (
 func init() {
 	register("audit", "verifiable audit log: prove, verify-proof, verify, export, tail, show", runAudit)
 }
-
-// auditDBFile is the SQLite database inside a data dir.
-const auditDBFile = "countersign.db"
 
 const auditUsage = `<subcommand> [flags]
 
@@ -64,13 +61,18 @@ func runAudit(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 // auditOpenData opens the store of a data dir read-only in intent (no
-// migration; the schema range is checked).
-func auditOpenData(ctx context.Context, dataDir, dbPath string) (*sqlite.Store, error) {
+// migration; the schema range is checked): the store its configuration
+// names, SQLite or PostgreSQL, or the SQLite file --db names.
+func auditOpenData(ctx context.Context, dataDir, dbPath string) (store.Store, error) {
 	if dbPath == "" {
 		if dataDir == "" {
 			return nil, usageError("give --data DIR (or --db FILE)")
 		}
-		dbPath = filepath.Join(dataDir, auditDBFile)
+		st, err := install.OpenStore(ctx, dataDir, install.OpenOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("open audit store: %w", err)
+		}
+		return st, nil
 	}
 	if _, err := os.Stat(dbPath); err != nil {
 		return nil, fmt.Errorf("open audit store: %w", err)
@@ -96,7 +98,7 @@ func auditVKey(v string) (string, error) {
 func runAuditProve(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "audit prove", "--data DIR (--signature ID [--tenant T] | --index N) --out FILE")
 	data := fs.String("data", "", "data directory")
-	db := fs.String("db", "", "SQLite database (default DIR/"+auditDBFile+")")
+	db := fs.String("db", "", "a SQLite database file to read instead of the store DIR is configured with")
 	sigID := fs.String("signature", "", "signature ID")
 	tenant := fs.String("tenant", "", "tenant of the signature (faster lookup)")
 	index := fs.Int64("index", -1, "audit event index, instead of --signature")
@@ -260,7 +262,7 @@ func auditSource(u, dir string) (auditlog.TileSource, error) {
 func runAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "audit export", "--data DIR --out DIR2")
 	data := fs.String("data", "", "data directory")
-	db := fs.String("db", "", "SQLite database (default DIR/"+auditDBFile+")")
+	db := fs.String("db", "", "a SQLite database file to read instead of the store DIR is configured with")
 	out := fs.String("out", "", "output directory (tlog-tiles layout)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -284,7 +286,7 @@ func runAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 func runAuditShow(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "audit show", "--data DIR --index N")
 	data := fs.String("data", "", "data directory")
-	db := fs.String("db", "", "SQLite database (default DIR/"+auditDBFile+")")
+	db := fs.String("db", "", "a SQLite database file to read instead of the store DIR is configured with")
 	index := fs.Int64("index", -1, "event index")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -319,7 +319,15 @@ func OpenStore(ctx context.Context, dir string, o OpenOptions) (store.Store, err
 	if o.StoreURL != "" {
 		url = o.StoreURL
 	}
-	return db.Open(ctx, storePath(dir, url), store.Options{Migrate: o.Migrate, SchemaMin: o.SchemaMin, SchemaMax: o.SchemaMax, Extra: o.ExtraMigrations, Logger: o.Logger})
+	url = storePath(dir, url)
+	if kind, path, err := db.Parse(url); err == nil && kind == db.KindSQLite && !o.Migrate {
+		// Without migrations, opening a missing database could only fail the
+		// schema check, after leaving an empty file behind.
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("install: open store: %w", err)
+		}
+	}
+	return db.Open(ctx, url, store.Options{Migrate: o.Migrate, SchemaMin: o.SchemaMin, SchemaMax: o.SchemaMax, Extra: o.ExtraMigrations, Logger: o.Logger})
 }
 
 // Open opens the installation in dir.
