@@ -75,31 +75,19 @@ func commitSignatures(ctx context.Context, conn *pgxpool.Conn, ws []store.Signat
 	if err != nil {
 		return err
 	}
-	rows := make([]newRow, 0, len(ws))
-	firstInBatch := make(map[idemKey]int, len(ws))
-	for i := range ws {
-		k := idemKey{tenants[i], keys[i]}
-		if ex, ok := existing[k]; ok {
-			res[i] = store.WriteResult{Existing: &ex}
-			continue
-		}
-		if jobID, ok := jobs[k]; ok {
-			return store.TakenByJobError(k.tenant, k.key, jobID)
-		}
-		if j, ok := firstInBatch[k]; ok {
-			ex := ws[j].Signature
-			ex.AuditIndex = res[j].AuditIndex
-			ex.SignedAt = micros(ex.SignedAt)
-			res[i] = store.WriteResult{Existing: &ex}
-			continue
-		}
-		firstInBatch[k] = i
+	r, fresh, err := store.SettleBatch(ws, next,
+		func(i int) (store.Signature, bool) { ex, ok := existing[idemKey{tenants[i], keys[i]}]; return ex, ok },
+		func(i int) (string, bool) { id, ok := jobs[idemKey{tenants[i], keys[i]}]; return id, ok })
+	if err != nil {
+		return err
+	}
+	copy(res, r)
+	rows := make([]newRow, len(fresh))
+	for n, i := range fresh {
 		if len(ws[i].Event.Entry) == 0 {
 			return fmt.Errorf("postgres: audit event %q has no entry", ws[i].Event.Type)
 		}
-		idx := next + int64(len(rows))
-		rows = append(rows, newRow{&ws[i], idx})
-		res[i] = store.WriteResult{AuditIndex: idx}
+		rows[n] = newRow{&ws[i], r[i].AuditIndex}
 	}
 	if len(rows) == 0 {
 		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {

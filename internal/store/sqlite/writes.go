@@ -215,28 +215,16 @@ func (s *Store) commitSignatures(ctx context.Context, ws []store.SignatureWrite,
 		if err != nil {
 			return err
 		}
-		rows := make([]newRow, 0, len(ws))
-		firstInBatch := make(map[idemKey]int, len(ws))
-		for i := range ws {
-			k := keys[i]
-			if ex, ok := existing[k]; ok {
-				res[i] = store.WriteResult{Existing: &ex}
-				continue
-			}
-			if jobID, ok := jobs[k]; ok {
-				return store.TakenByJobError(k.tenant, k.key, jobID)
-			}
-			if j, ok := firstInBatch[k]; ok {
-				ex := ws[j].Signature
-				ex.AuditIndex = res[j].AuditIndex
-				ex.SignedAt = fromMicros(micros(ex.SignedAt))
-				res[i] = store.WriteResult{Existing: &ex}
-				continue
-			}
-			firstInBatch[k] = i
-			rows = append(rows, newRow{&ws[i], next})
-			res[i] = store.WriteResult{AuditIndex: next}
-			next++
+		r, fresh, err := store.SettleBatch(ws, next,
+			func(i int) (store.Signature, bool) { ex, ok := existing[keys[i]]; return ex, ok },
+			func(i int) (string, bool) { id, ok := jobs[keys[i]]; return id, ok })
+		if err != nil {
+			return err
+		}
+		copy(res, r)
+		rows := make([]newRow, len(fresh))
+		for n, i := range fresh {
+			rows[n] = newRow{&ws[i], r[i].AuditIndex}
 		}
 		return s.insertNewRows(ctx, tx, rows) // sigrows.go
 	})
