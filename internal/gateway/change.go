@@ -28,6 +28,7 @@ type counters struct {
 	gated      atomic.Uint64
 	unroutable atomic.Uint64
 	proxyErrs  atomic.Uint64
+	retried    atomic.Uint64
 }
 
 // rebuildRouteLocked publishes a new routing snapshot. g.mu must be held.
@@ -224,10 +225,10 @@ func urls(bs []*backend) []string {
 func (g *Gateway) State() State {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	st := State{Pools: []PoolState{}, Gate: g.gate, Gated: g.gated.Load(), Unroutable: g.unroutable.Load(), ProxyErrs: g.proxyErrs.Load()}
+	st := State{Pools: []PoolState{}, Gate: g.gate, Gated: g.gated.Load(), Unroutable: g.unroutable.Load(), ProxyErrs: g.proxyErrs.Load(), Retried: g.retried.Load()}
 	total := 0
 	for _, p := range g.pools {
-		if p.healthy() {
+		if p.healthy(nil) {
 			total += g.weights[p.name]
 		}
 	}
@@ -255,7 +256,7 @@ func (g *Gateway) poolStateLocked(p *pool, total int) PoolState {
 	switch {
 	case len(ps.Backends) == 0:
 		ps.Status = PoolEmpty
-	case p.healthy():
+	case p.healthy(nil):
 		ps.Status = PoolServing
 	default:
 		ps.Status = PoolNoHealthyBackend

@@ -19,5 +19,19 @@
 // request has reached the regressive pool since T") can be measured rather
 // than assumed. Counters are monotonic for the life of the process.
 //
+// A backend that dies with a request in hand, or whose pooled connection
+// turns out dead, makes the proxy fail before anything reaches the client.
+// The gateway then sends the request once to another backend if it is safe
+// to send twice. A read is safe, and so is a write that carries its own
+// idempotency keys: the Idempotency-Key header, or a batch, whose items
+// each have a key. The backends share the store, which answers a repeated
+// key with the first result, so a signature the dead backend committed is
+// returned, not made again. To resend, the gateway keeps bodies of known
+// length up to 8 MiB in memory, 64 MiB for all requests at once; other
+// bodies are streamed and answered 502 on failure.
+// A refused connection also takes the backend out of rotation at once;
+// other failures leave it to the health check. Resent requests are counted
+// (countersign_gateway_retried_total).
+//
 // Lock order: Gateway.mu, then pool.mu. Counters are atomics and need no lock.
 package gateway

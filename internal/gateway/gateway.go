@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	mrand "math/rand/v2"
@@ -13,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/countersign/countersign/internal/api"
@@ -92,6 +95,10 @@ type Gateway struct {
 	randMu sync.Mutex
 	rand   Rand
 
+	// buffered is the bytes of request bodies kept for a resend now
+	// (bufferReplayable), bounded by maxReplayBytes.
+	buffered atomic.Int64
+
 	counters
 }
 
@@ -149,8 +156,8 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			b := pr.In.Context().Value(backendKey{}).(*backend)
-			pr.SetURL(b.url)
+			at := pr.In.Context().Value(attemptKey{}).(*attempt)
+			pr.SetURL(at.backend.url)
 			pr.SetXForwarded()
 		},
 		Transport:    cfg.Transport,
@@ -164,10 +171,13 @@ type globalRand struct{}
 
 func (globalRand) IntN(n int) int { return mrand.IntN(n) }
 
-type backendKey struct{}
+type attemptKey struct{}
 
 // ServeHTTP routes one data-plane request: the gate first, then a pool by
-// weight, then a healthy backend of that pool.
+// weight, then a healthy backend of that pool. A request the backend could
+// not be sent or answer (its process died, a pooled connection to it was
+// stale) is sent once more to another backend when that is safe: see
+// replayable.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := g.route.Load()
 	if rt.gate.On && (rt.gate.BlockReads || !isRead(r)) {
@@ -175,12 +185,48 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeRetryProblem(w, http.StatusServiceUnavailable, api.TypeMaintenance, rt.gate.Reason, rt.gate.RetryAfter)
 		return
 	}
-	p, b := g.choose(rt)
+	p, b := g.choose(rt, nil)
 	if b == nil {
 		g.unroutable.Add(1)
 		writeRetryProblem(w, http.StatusServiceUnavailable, api.TypeUnavailable, "no healthy backend can take this request", 1)
 		return
 	}
+	body, replay, release := g.bufferReplayable(r)
+	defer release()
+	for try := 0; ; try++ {
+		err := g.forward(w, r, p, b, body, replay)
+		if err == nil {
+			return
+		}
+		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+			return // the client went away; nobody is left to answer
+		}
+		if replay && try == 0 {
+			// Any other backend, the failed one excluded; choose re-reads
+			// the weights and health, which the failure may have changed.
+			if p2, b2 := g.choose(g.route.Load(), b); b2 != nil {
+				g.retried.Add(1)
+				g.log.InfoContext(r.Context(), "gateway: backend failed before answering; sending the request to another backend",
+					"backend", b.raw, "next", b2.raw, "err", err)
+				p, b = p2, b2
+				continue
+			}
+		}
+		writeRetryProblem(w, http.StatusBadGateway, api.TypeUnavailable, "the backend could not be reached", 0)
+		return
+	}
+}
+
+// attempt carries the transport error of one forwarding attempt from the
+// proxy's ErrorHandler back to ServeHTTP.
+type attempt struct {
+	backend *backend
+	err     error
+}
+
+// forward sends r to b and returns the error that kept the backend from
+// answering, with nothing written to w; nil once an answer was relayed.
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, p *pool, b *backend, body []byte, replay bool) error {
 	p.inFlight.Add(1)
 	b.inFlight.Add(1)
 	p.forwarded.Add(1)
@@ -190,7 +236,72 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.inFlight.Add(-1)
 		p.inFlight.Add(-1)
 	}()
-	g.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), backendKey{}, b)))
+	at := &attempt{backend: b}
+	out := r.WithContext(context.WithValue(r.Context(), attemptKey{}, at))
+	if replay {
+		// A fresh reader per attempt; GetBody also lets the transport
+		// resend on a new connection when a pooled one turns out dead.
+		out.Body = io.NopCloser(bytes.NewReader(body))
+		out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		out.ContentLength = int64(len(body))
+	}
+	g.proxy.ServeHTTP(w, out)
+	return at.err
+}
+
+// Bodies the gateway keeps in memory to be able to resend a request:
+// each at most maxReplayBody, all together at most maxReplayBytes. A body
+// over either bound, or of unknown length, is streamed and never resent.
+const (
+	maxReplayBody  = 8 << 20
+	maxReplayBytes = 64 << 20
+)
+
+// replayable reports whether sending r twice cannot do anything twice:
+// reads, and writes that carry their own idempotency keys — the
+// Idempotency-Key header (a sign request, an async job), or one key per item
+// (a batch: an item without a key is refused, never signed). The backends
+// share the store, which answers a repeated key with the first result, so a
+// request the failed backend did commit is answered, not signed again.
+func replayable(r *http.Request) bool {
+	if isRead(r) || r.Header.Get("Idempotency-Key") != "" {
+		return true
+	}
+	return r.Method == http.MethodPost && r.URL.Path == "/v1/sign:batch"
+}
+
+// bufferReplayable reads the body of a replayable request into memory and
+// says whether the request may be resent; release returns the body's share
+// of maxReplayBytes. A body that cannot be read whole is left for the proxy
+// to stream (what was read is put back in front of the rest).
+func (g *Gateway) bufferReplayable(r *http.Request) (body []byte, replay bool, release func()) {
+	release = func() {}
+	if !replayable(r) {
+		return nil, false, release
+	}
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return nil, true, release
+	}
+	n := r.ContentLength
+	if n < 0 || n > maxReplayBody {
+		return nil, false, release
+	}
+	if g.buffered.Add(n) > maxReplayBytes {
+		g.buffered.Add(-n)
+		return nil, false, release
+	}
+	release = func() { g.buffered.Add(-n) }
+	buf := make([]byte, n)
+	if k, err := io.ReadFull(r.Body, buf); err != nil {
+		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf[:k]), r.Body), r.Body}
+		return nil, false, release
+	}
+	return buf, true, release
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
 }
 
 // isRead reports whether a request cannot accept work: safe methods, and
@@ -205,16 +316,16 @@ func isRead(r *http.Request) bool {
 	return false
 }
 
-// choose picks a pool by effective weight and a healthy backend in it. A
-// pool with no healthy backend has effective weight 0; its share goes to the
-// others in proportion to their weights.
-func (g *Gateway) choose(rt *route) (*pool, *backend) {
+// choose picks a pool by effective weight and a healthy backend in it,
+// never avoid (nil: any). A pool with no healthy backend has effective
+// weight 0; its share goes to the others in proportion to their weights.
+func (g *Gateway) choose(rt *route, avoid *backend) (*pool, *backend) {
 	var eff [8]int
 	effs := eff[:0]
 	total := 0
 	for _, e := range rt.pools {
 		w := 0
-		if e.weight > 0 && e.pool.healthy() {
+		if e.weight > 0 && e.pool.healthy(avoid) {
 			w = e.weight
 		}
 		effs = append(effs, w)
@@ -228,7 +339,7 @@ func (g *Gateway) choose(rt *route) (*pool, *backend) {
 	g.randMu.Unlock()
 	for i, e := range rt.pools {
 		if n < effs[i] {
-			if b := e.pool.pick(); b != nil {
+			if b := e.pool.pick(avoid); b != nil {
 				return e.pool, b
 			}
 			break // lost its last healthy backend since the weights were read
@@ -238,7 +349,7 @@ func (g *Gateway) choose(rt *route) (*pool, *backend) {
 	// Rare race with a health change: take any pool that can serve.
 	for _, e := range rt.pools {
 		if e.weight > 0 {
-			if b := e.pool.pick(); b != nil {
+			if b := e.pool.pick(avoid); b != nil {
 				return e.pool, b
 			}
 		}
@@ -246,18 +357,24 @@ func (g *Gateway) choose(rt *route) (*pool, *backend) {
 	return nil, nil
 }
 
+// proxyError is the proxy's ErrorHandler: the backend could not be sent
+// the request or did not answer, and nothing has been written to the
+// client. It takes a backend that refused the connection out of rotation
+// and hands the error to ServeHTTP, which answers (or tries another
+// backend).
 func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	g.proxyErrs.Add(1)
-	b, _ := r.Context().Value(backendKey{}).(*backend)
-	if b != nil && isDialError(err) {
+	at, _ := r.Context().Value(attemptKey{}).(*attempt)
+	if at == nil {
+		writeRetryProblem(w, http.StatusBadGateway, api.TypeUnavailable, "the backend could not be reached", 0)
+		return
+	}
+	at.err = err
+	if b := at.backend; isDialError(err) {
 		if b.setHealth(false, g.cfg.Now(), err.Error()) {
 			g.log.WarnContext(r.Context(), "gateway: backend refused connection, out of rotation", "backend", b.raw, "err", err)
 		}
 	}
-	if errors.Is(err, context.Canceled) {
-		return // the client went away; nobody is left to answer
-	}
-	writeRetryProblem(w, http.StatusBadGateway, api.TypeUnavailable, "the backend could not be reached", 0)
 }
 
 func writeRetryProblem(w http.ResponseWriter, status int, typ, detail string, retryAfter int) {

@@ -202,8 +202,9 @@ func TestHealthRemovesBackends(t *testing.T) {
 
 	// A backend whose process is gone is taken out at the first refused
 	// connection. Without its idle connection: a request reusing one gets
-	// EOF or a reset instead (answered 502, the backend left to the next
-	// health check), which made this test flaky.
+	// EOF or a reset instead (answered 502 when, like this one, it carries
+	// no idempotency key, the backend left to the next health check),
+	// which made this test flaky. retry_test.go covers requests that do.
 	tr.CloseIdleConnections()
 	cn.srv.Close()
 	resp := post(t, srv.URL+"/v1/sign")

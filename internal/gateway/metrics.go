@@ -30,6 +30,8 @@ var (
 		"Requests refused because no pool had a healthy backend.", nil, nil)
 	descProxyErrs = prometheus.NewDesc("countersign_gateway_proxy_errors_total",
 		"Forwarded requests that failed between gateway and backend.", nil, nil)
+	descRetried = prometheus.NewDesc("countersign_gateway_retried_total",
+		"Requests sent to a second backend after the first failed before answering.", nil, nil)
 	descGate = prometheus.NewDesc("countersign_gateway_gate_on",
 		"1 while the maintenance gate is on.", nil, nil)
 )
@@ -37,7 +39,7 @@ var (
 // Describe implements prometheus.Collector.
 func (g *Gateway) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descForwarded, descInFlight, descLastForward, descWeight, descEffWeight,
-		descBackendForwarded, descBackendInFlight, descBackendHealthy, descGated, descUnroutable, descProxyErrs, descGate} {
+		descBackendForwarded, descBackendInFlight, descBackendHealthy, descGated, descUnroutable, descProxyErrs, descRetried, descGate} {
 		ch <- d
 	}
 }
@@ -64,6 +66,7 @@ func (g *Gateway) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descGated, prometheus.CounterValue, float64(st.Gated))
 	ch <- prometheus.MustNewConstMetric(descUnroutable, prometheus.CounterValue, float64(st.Unroutable))
 	ch <- prometheus.MustNewConstMetric(descProxyErrs, prometheus.CounterValue, float64(st.ProxyErrs))
+	ch <- prometheus.MustNewConstMetric(descRetried, prometheus.CounterValue, float64(st.Retried))
 	ch <- prometheus.MustNewConstMetric(descGate, prometheus.GaugeValue, boolFloat(st.Gate.On))
 }
 

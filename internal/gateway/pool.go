@@ -57,18 +57,19 @@ func newPool(name string) *pool {
 
 func (p *pool) members() []*backend { return *p.backends.Load() }
 
-// healthy reports whether at least one backend may take traffic.
-func (p *pool) healthy() bool {
+// healthy reports whether at least one backend other than avoid (nil:
+// none excluded) may take traffic.
+func (p *pool) healthy(avoid *backend) bool {
 	for _, b := range p.members() {
-		if b.healthy.Load() {
+		if b != avoid && b.healthy.Load() {
 			return true
 		}
 	}
 	return false
 }
 
-// pick returns a healthy backend, round-robin, or nil.
-func (p *pool) pick() *backend {
+// pick returns a healthy backend other than avoid, round-robin, or nil.
+func (p *pool) pick(avoid *backend) *backend {
 	bs := p.members()
 	n := uint64(len(bs))
 	if n == 0 {
@@ -76,7 +77,7 @@ func (p *pool) pick() *backend {
 	}
 	start := p.next.Add(1)
 	for i := range n {
-		if b := bs[(start+i)%n]; b.healthy.Load() {
+		if b := bs[(start+i)%n]; b != avoid && b.healthy.Load() {
 			return b
 		}
 	}

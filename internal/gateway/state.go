@@ -46,6 +46,9 @@ type State struct {
 	Gated      uint64      `json:"gated_total"`      // requests refused by the gate
 	Unroutable uint64      `json:"unroutable_total"` // requests refused: no pool could take them
 	ProxyErrs  uint64      `json:"proxy_errors_total"`
+	// Retried counts requests sent to a second backend after the first
+	// failed before answering (ServeHTTP, replayable).
+	Retried uint64 `json:"retried_total"`
 	// Degraded is true when some pool with a positive weight has no healthy
 	// backend, so the effective weights differ from the configured ones.
 	Degraded bool `json:"degraded"`

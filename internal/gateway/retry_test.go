@@ -1,0 +1,252 @@
+package gateway
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/countersign/countersign/internal/api"
+)
+
+// dropBackend reads each request whole, then closes the connection without
+// an answer: what the gateway sees when a backend dies with the request in
+// hand, or when a pooled connection to a dead backend turns out stale.
+type dropBackend struct {
+	srv  *httptest.Server
+	hits atomic.Int64
+}
+
+func newDropBackend(t *testing.T) *dropBackend {
+	t.Helper()
+	d := &dropBackend{}
+	d.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" {
+			io.WriteString(w, "ok")
+			return
+		}
+		d.hits.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		conn.Close()
+	}))
+	t.Cleanup(d.srv.Close)
+	return d
+}
+
+// echoBackend answers with the SHA-256 of the body it received.
+func newEchoBackend(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" {
+			io.WriteString(w, "ok")
+			return
+		}
+		hits.Add(1)
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		sum := sha256.Sum256(b)
+		io.WriteString(w, hex.EncodeToString(sum[:]))
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &hits
+}
+
+func send(t *testing.T, url, path string, body []byte, idem string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idem != "" {
+		req.Header.Set("Idempotency-Key", idem)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	return resp.StatusCode, readBody(t, resp)
+}
+
+// TestRetryOnAnotherBackend: a request the first backend took and never
+// answered goes to another backend, with the same body, when it carries
+// its own idempotency keys; any other write is answered 502 and not resent.
+func TestRetryOnAnotherBackend(t *testing.T) {
+	drop := newDropBackend(t)
+	echo, echoHits := newEchoBackend(t)
+	g, srv := newTestGateway(t, Config{
+		Pools:   map[string][]string{"stable": {drop.srv.URL, echo.URL}},
+		Weights: map[string]int{"stable": 100},
+		Rand:    &seqRand{},
+	})
+	body := bytes.Repeat([]byte("document "), 1000)
+	sum := sha256.Sum256(body)
+	want := hex.EncodeToString(sum[:])
+
+	cases := []struct {
+		name, path, idem string
+		retried          bool
+	}{
+		{"sign with Idempotency-Key", "/v1/sign", "k-1", true},
+		{"batch: one key per item", "/v1/sign:batch", "", true},
+		{"verify: a read", "/v1/verify", "", true},
+		{"write without a key", "/v1/sign", "", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dropBefore, echoBefore, retriedBefore := drop.hits.Load(), echoHits.Load(), g.State().Retried
+			// Round-robin: send until the drop backend has been tried once.
+			var status int
+			var got string
+			for drop.hits.Load() == dropBefore {
+				status, got = send(t, srv.URL, c.path, body, c.idem)
+				if drop.hits.Load() == dropBefore && (status != http.StatusOK || got != want) {
+					t.Fatalf("echo backend answered %d %q, want 200 and the body's hash", status, got)
+				}
+			}
+			retried := g.State().Retried - retriedBefore
+			if !c.retried {
+				if status != http.StatusBadGateway || !strings.Contains(got, api.TypeUnavailable) || retried != 0 {
+					t.Fatalf("got %d %s (retried %d), want 502 and no second backend", status, got, retried)
+				}
+				return
+			}
+			if status != http.StatusOK || got != want {
+				t.Fatalf("got %d %q, want 200 from the other backend with the whole body (hash %s)", status, got, want)
+			}
+			if retried != 1 || echoHits.Load() == echoBefore {
+				t.Fatalf("retried %d, echo hits %d -> %d: the request was not sent to the other backend", retried, echoBefore, echoHits.Load())
+			}
+		})
+	}
+	// A backend that drops requests without refusing connections stays in
+	// rotation: it is left to the health check.
+	ps, _ := g.State().Pool("stable")
+	for _, b := range ps.Backends {
+		if !b.Healthy {
+			t.Fatalf("backend %s out of rotation after dropped requests: %+v", b.URL, b)
+		}
+	}
+}
+
+// TestRetryAfterRefusedConnection: a backend whose process is gone is taken
+// out of rotation by the refused connection, and the request that found
+// out is answered by another backend instead of 502.
+func TestRetryAfterRefusedConnection(t *testing.T) {
+	dead, deadHits := newEchoBackend(t)
+	live, liveHits := newEchoBackend(t)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	g, srv := newTestGateway(t, Config{
+		Pools:     map[string][]string{"stable": {dead.URL, live.URL}},
+		Weights:   map[string]int{"stable": 100},
+		Rand:      &seqRand{},
+		Transport: tr,
+	})
+	dead.Close()
+	tr.CloseIdleConnections()
+	for i := range 4 {
+		status, got := send(t, srv.URL, "/v1/sign", []byte("doc"), "k-refused-"+string(rune('a'+i)))
+		if status != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i, status, got)
+		}
+	}
+	if deadHits.Load() != 0 || liveHits.Load() != 4 {
+		t.Fatalf("hits dead=%d live=%d, want 0 and 4", deadHits.Load(), liveHits.Load())
+	}
+	st := g.State()
+	ps, _ := st.Pool("stable")
+	var deadState BackendState
+	for _, b := range ps.Backends {
+		if b.URL == dead.URL {
+			deadState = b
+		}
+	}
+	if deadState.Healthy || deadState.LastError == "" {
+		t.Fatalf("dead backend still in rotation: %+v", deadState)
+	}
+	if st.Retried != 1 {
+		t.Fatalf("retried %d, want 1 (the request that found the backend dead)", st.Retried)
+	}
+}
+
+// TestNoRetryForLargeBodies: a body over maxReplayBody is streamed, not
+// kept, so it is never sent twice.
+func TestNoRetryForLargeBodies(t *testing.T) {
+	drop := newDropBackend(t)
+	echo, _ := newEchoBackend(t)
+	g, srv := newTestGateway(t, Config{
+		Pools:   map[string][]string{"stable": {drop.srv.URL, echo.URL}},
+		Weights: map[string]int{"stable": 100},
+		Rand:    &seqRand{},
+	})
+	body := bytes.Repeat([]byte{'x'}, maxReplayBody+1)
+	for i := 0; drop.hits.Load() == 0; i++ {
+		if i == 4 {
+			t.Fatal("round-robin never reached the dropping backend")
+		}
+		status, got := send(t, srv.URL, "/v1/sign", body, "k-large")
+		if drop.hits.Load() == 0 {
+			continue // the echo backend's turn
+		}
+		if status != http.StatusBadGateway || g.State().Retried != 0 {
+			t.Fatalf("got %d %.100s, retried %d: want a 502 and no second attempt", status, got, g.State().Retried)
+		}
+	}
+}
+
+// TestReplayBudget: bodies are kept only within the per-request and total
+// bounds and when their length is known; otherwise the request goes out
+// unchanged, streamed.
+func TestReplayBudget(t *testing.T) {
+	g, err := New(Config{Recorder: &memRecorder{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(strings.Repeat("b", 100))
+	newReq := func(length int64) *http.Request {
+		r := httptest.NewRequest(http.MethodPost, "/v1/sign", io.NopCloser(bytes.NewReader(body)))
+		r.Header.Set("Idempotency-Key", "k")
+		r.ContentLength = length
+		return r
+	}
+	check := func(name string, r *http.Request, wantReplay bool) {
+		t.Helper()
+		got, replay, release := g.bufferReplayable(r)
+		defer release()
+		if replay != wantReplay {
+			t.Fatalf("%s: replay %v, want %v", name, replay, wantReplay)
+		}
+		if !replay {
+			got, err = io.ReadAll(r.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !bytes.Equal(got, body) {
+			t.Fatalf("%s: body %q, want it whole", name, got)
+		}
+	}
+	check("known length", newReq(100), true)
+	if g.buffered.Load() != 0 {
+		t.Fatalf("%d bytes still counted after release", g.buffered.Load())
+	}
+	check("unknown length (chunked)", newReq(-1), false)
+	g.buffered.Store(maxReplayBytes - 50)
+	check("over the total budget", newReq(100), false)
+	if g.buffered.Load() != maxReplayBytes-50 {
+		t.Fatalf("refused body left %d bytes counted", g.buffered.Load())
+	}
+}
