@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"fmt"
 	"os"
 	"testing"
 
@@ -112,4 +113,59 @@ func TestDeferredSyncFallsBackWhenConnectionGone(t *testing.T) {
 	if sg, err := s.SignatureByIdempotencyKey(ctx, "t", "k2"); err != nil || sg.ID != "sig_2" {
 		t.Fatalf("SignatureByIdempotencyKey = %+v, %v", sg, err)
 	}
+}
+
+// SyncCommitted fsyncs only when something committed since its last fsync
+// began, whichever connection or store (another process, in production)
+// committed it: a reader that calls it per lookup does not fsync per lookup.
+func TestSyncCommittedSkipsWhenNothingCommitted(t *testing.T) {
+	ctx := t.Context()
+	s := openTemp(t, store.Options{Migrate: true})
+	other, err := Open(ctx, s.path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Close() })
+	n := 0
+	commit := func(on *Store) {
+		t.Helper()
+		n++
+		id, key := fmt.Sprintf("sig_%d", n), fmt.Sprintf("k%d", n)
+		rs, err := on.CommitSignaturesNoSync(ctx, []store.SignatureWrite{{
+			Signature: store.Signature{ID: id, TenantID: "t", IdempotencyKey: key, Signature: []byte{1}},
+			Event:     store.AuditEvent{Type: "signature.created", Subject: id, Entry: []byte(`{"k":"` + key + `"}`)}}})
+		if err != nil || len(rs) != 1 || rs[0].Existing != nil {
+			t.Fatalf("commit %d: %+v, %v", n, rs, err)
+		}
+	}
+	syncs := func(want int64, what string) {
+		t.Helper()
+		if err := s.SyncCommitted(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := s.walSyncs.Load(); got != want {
+			t.Fatalf("%s: %d fsyncs so far, want %d", what, got, want)
+		}
+	}
+	commit(s)
+	syncs(1, "after a commit")
+	syncs(1, "nothing committed since")
+	for i := range 100 {
+		if _, err := s.SignatureByIdempotencyKey(ctx, "t", "k1"); err != nil {
+			t.Fatalf("lookup %d: %v", i, err)
+		}
+	}
+	syncs(1, "after 100 lookups and no commit")
+	commit(s)
+	syncs(2, "after a commit on this store")
+	commit(other)
+	syncs(3, "after a commit by another store on the same file")
+	// A checkpoint that lets the next writer restart the WAL: the header's
+	// salts change with the restart, so the commit after it is seen too.
+	if _, err := s.db.ExecContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
+		t.Fatal(err)
+	}
+	commit(other)
+	syncs(4, "after a WAL restart and a commit")
+	syncs(4, "nothing committed since")
 }

@@ -50,6 +50,13 @@ type Store struct {
 	sigConn *sql.Conn
 	walMu   sync.Mutex
 	wal     *os.File
+	// SyncCommitted's record of the WAL-index header read before its last
+	// fsync (syncedHdrOK false: none), the -shm file it reads it from, and
+	// how many fsyncs it made (tests). Guarded by walMu, but walSyncs.
+	shm         *os.File
+	syncedHdr   [walIndexHeaderSize]byte
+	syncedHdrOK bool
+	walSyncs    atomic.Int64
 
 	// The background checkpointer (checkpoint.go).
 	stopCkpt context.CancelFunc
