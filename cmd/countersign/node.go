@@ -113,7 +113,15 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelRun()
 	commitMetrics := node.NewCommitMetrics()
-	committer := store.NewCommitter(runCtx, inst.Store, store.CommitterConfig{Linger: *linger, Observe: commitMetrics.Observe})
+	commitCfg := store.CommitterConfig{Linger: *linger, Observe: commitMetrics.Observe}
+	var recent *auditlog.RecentEntries
+	if *integrate {
+		// The integrator hashes the signature events this node commits from
+		// memory instead of reading them back.
+		recent = auditlog.NewRecentEntries(0)
+		commitCfg.Committed = recent.AddCommitted
+	}
+	committer := store.NewCommitter(runCtx, inst.Store, commitCfg)
 	integrated := make(chan error, 1)
 	var integrator *auditlog.Integrator
 	if *integrate {
@@ -121,7 +129,7 @@ func runNode(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		integrator, err = auditlog.NewIntegrator(inst.Store, auditlog.Config{Signer: signer, HistoryPath: inst.HistoryPath(), Logger: logger})
+		integrator, err = auditlog.NewIntegrator(inst.Store, auditlog.Config{Signer: signer, HistoryPath: inst.HistoryPath(), Recent: recent, Logger: logger})
 		if err != nil {
 			return err
 		}

@@ -37,6 +37,10 @@ type Config struct {
 	// BatchSize bounds the events hashed per PutTreeHashes (default
 	// DefaultBatchSize).
 	BatchSize int
+	// Recent, if set, holds entries this process committed; the
+	// Integrator hashes a batch from it when it holds the batch whole and
+	// reads the store otherwise (see RecentEntries).
+	Recent *RecentEntries
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Logger (default slog.Default()).
@@ -186,9 +190,12 @@ func (in *Integrator) guardLocked(ctx context.Context) error {
 // integrateBatchLocked hashes events [from, from+n) and stores their hashes
 // with the new tree size in one write. in.mu must be held.
 func (in *Integrator) integrateBatchLocked(ctx context.Context, from, n int64) error {
-	entries, err := readEntries(ctx, in.st, from, n)
-	if err != nil {
-		return err
+	entries, ok := in.cfg.Recent.take(from, n)
+	if !ok {
+		var err error
+		if entries, err = readEntries(ctx, in.st, from, n); err != nil {
+			return err
+		}
 	}
 	b, err := newBatchHasher(storeHashes(ctx, in.st), from)
 	if err != nil {

@@ -61,6 +61,13 @@ type CommitterConfig struct {
 	// Observe, if set, is called by the writer goroutine after each batch;
 	// it must be quick (e.g. observe a histogram).
 	Observe func(BatchStats)
+	// Committed, if set, is called by the writer goroutine with every batch
+	// that committed and its results (rs[i] is ws[i]'s), before the writes
+	// are answered and, with deferred sync, before they are durable. It must
+	// be quick and must not modify ws. The node hands the new events'
+	// entries to the audit log's integrator with it
+	// (auditlog.RecentEntries).
+	Committed func(ws []SignatureWrite, rs []WriteResult)
 }
 
 // CommitterStats are cumulative counters since NewCommitter.
@@ -324,6 +331,9 @@ func (c *Committer) commit(batch []*pendingWrite) {
 	}
 	for i := range ds {
 		ds[i].o = writeOutcome{r: rs[i]}
+	}
+	if c.cfg.Committed != nil {
+		c.cfg.Committed(ws, rs)
 	}
 	if c.def != nil {
 		c.syncQ <- ds // answered by syncLoop once an fsync begun after this commit ends
