@@ -28,7 +28,8 @@
 // key with the first result, so a signature the dead backend committed is
 // returned, not made again. To resend, the gateway keeps bodies of known
 // length up to 8 MiB in memory, 64 MiB for all requests at once; other
-// bodies are streamed and answered 502 on failure.
+// bodies are streamed and answered 502 on failure. A gate closed while the
+// first attempt was in flight stops the resend, and the answer stays 502.
 // A refused connection also takes the backend out of rotation at once;
 // other failures leave it to the health check. Resent requests are counted
 // (countersign_gateway_retried_total).

@@ -201,10 +201,14 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 			return // the client went away; nobody is left to answer
 		}
-		if replay && try == 0 {
+		if rt = g.route.Load(); replay && try == 0 && !(rt.gate.On && (rt.gate.BlockReads || !isRead(r))) {
 			// Any other backend, the failed one excluded; choose re-reads
 			// the weights and health, which the failure may have changed.
-			if p2, b2 := g.choose(g.route.Load(), b); b2 != nil {
+			// A gate closed meanwhile stops the resend (no write reaches a
+			// pool while it is on), and the answer stays 502: the failed
+			// backend may have committed the request, so it is not
+			// "refused before acceptance".
+			if p2, b2 := g.choose(rt, b); b2 != nil {
 				g.retried.Add(1)
 				g.log.InfoContext(r.Context(), "gateway: backend failed before answering; sending the request to another backend",
 					"backend", b.raw, "next", b2.raw, "err", err)

@@ -2,8 +2,10 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -20,6 +22,8 @@ import (
 type dropBackend struct {
 	srv  *httptest.Server
 	hits atomic.Int64
+	// before, if set, runs before the connection is dropped.
+	before atomic.Pointer[func()]
 }
 
 func newDropBackend(t *testing.T) *dropBackend {
@@ -32,6 +36,9 @@ func newDropBackend(t *testing.T) *dropBackend {
 		}
 		d.hits.Add(1)
 		_, _ = io.Copy(io.Discard, r.Body)
+		if f := d.before.Load(); f != nil {
+			(*f)()
+		}
 		conn, _, err := http.NewResponseController(w).Hijack()
 		if err != nil {
 			t.Errorf("hijack: %v", err)
@@ -248,5 +255,38 @@ func TestReplayBudget(t *testing.T) {
 	check("over the total budget", newReq(100), false)
 	if g.buffered.Load() != maxReplayBytes-50 {
 		t.Fatalf("refused body left %d bytes counted", g.buffered.Load())
+	}
+}
+
+// TestNoRetryOnceGated: a gate closed while the first attempt was in flight
+// stops the resend (no write reaches a pool while the gate is on), and the
+// answer is 502, not the gate's 503: the failed backend may have committed
+// the request.
+func TestNoRetryOnceGated(t *testing.T) {
+	drop := newDropBackend(t)
+	echo, echoHits := newEchoBackend(t)
+	g, srv := newTestGateway(t, Config{
+		Pools:   map[string][]string{"stable": {drop.srv.URL, echo.URL}},
+		Weights: map[string]int{"stable": 100},
+		Rand:    &seqRand{},
+	})
+	closeGate := func() {
+		if _, err := g.SetGate(context.Background(), Gate{On: true, RetryAfter: 5, Reason: "incident"}); err != nil {
+			t.Error(err)
+		}
+	}
+	drop.before.Store(&closeGate)
+	for i := 0; drop.hits.Load() == 0; i++ {
+		if i == 4 {
+			t.Fatal("round-robin never reached the dropping backend")
+		}
+		before := echoHits.Load()
+		status, got := send(t, srv.URL, "/v1/sign", []byte("doc"), fmt.Sprint("k-gate-", i))
+		if drop.hits.Load() == 0 {
+			continue // the echo backend's turn
+		}
+		if status != http.StatusBadGateway || g.State().Retried != 0 || echoHits.Load() != before {
+			t.Fatalf("got %d %s, retried %d: want 502 and no resend once the gate is on", status, got, g.State().Retried)
+		}
 	}
 }
