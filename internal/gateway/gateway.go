@@ -374,6 +374,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		return
 	}
 	at.err = err
+	at.backend.failed.Add(1)
 	if b := at.backend; isDialError(err) {
 		if b.setHealth(false, g.cfg.Now(), err.Error()) {
 			g.log.WarnContext(r.Context(), "gateway: backend refused connection, out of rotation", "backend", b.raw, "err", err)

@@ -20,6 +20,8 @@ var (
 		"Share of traffic a pool gets given backend health, percent.", []string{"pool"}, nil)
 	descBackendForwarded = prometheus.NewDesc("countersign_gateway_backend_forwarded_total",
 		"Requests forwarded to a backend.", []string{"pool", "backend"}, nil)
+	descBackendFailed = prometheus.NewDesc("countersign_gateway_backend_failed_total",
+		"Requests forwarded to a backend that it did not answer (refused, dropped or reset before a response).", []string{"pool", "backend"}, nil)
 	descBackendInFlight = prometheus.NewDesc("countersign_gateway_backend_in_flight",
 		"Requests forwarded to a backend and not yet answered.", []string{"pool", "backend"}, nil)
 	descBackendHealthy = prometheus.NewDesc("countersign_gateway_backend_healthy",
@@ -39,7 +41,7 @@ var (
 // Describe implements prometheus.Collector.
 func (g *Gateway) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descForwarded, descInFlight, descLastForward, descWeight, descEffWeight,
-		descBackendForwarded, descBackendInFlight, descBackendHealthy, descGated, descUnroutable, descProxyErrs, descRetried, descGate} {
+		descBackendForwarded, descBackendFailed, descBackendInFlight, descBackendHealthy, descGated, descUnroutable, descProxyErrs, descRetried, descGate} {
 		ch <- d
 	}
 }
@@ -59,6 +61,7 @@ func (g *Gateway) Collect(ch chan<- prometheus.Metric) {
 		}
 		for _, b := range p.Backends {
 			ch <- prometheus.MustNewConstMetric(descBackendForwarded, prometheus.CounterValue, float64(b.Forwarded), p.Name, b.URL)
+			ch <- prometheus.MustNewConstMetric(descBackendFailed, prometheus.CounterValue, float64(b.Failed), p.Name, b.URL)
 			ch <- prometheus.MustNewConstMetric(descBackendInFlight, prometheus.GaugeValue, float64(b.InFlight), p.Name, b.URL)
 			ch <- prometheus.MustNewConstMetric(descBackendHealthy, prometheus.GaugeValue, boolFloat(b.Healthy), p.Name, b.URL)
 		}

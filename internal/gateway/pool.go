@@ -17,6 +17,7 @@ type backend struct {
 	healthy   atomic.Bool
 	inFlight  atomic.Int64
 	forwarded atomic.Uint64
+	failed    atomic.Uint64 // forwarded requests it did not answer
 
 	mu        sync.Mutex // guards lastCheck, lastErr
 	lastCheck time.Time
@@ -34,7 +35,7 @@ func (b *backend) state() BackendState {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return BackendState{URL: b.raw, Healthy: b.healthy.Load(), LastCheck: b.lastCheck, LastError: b.lastErr,
-		InFlight: b.inFlight.Load(), Forwarded: b.forwarded.Load()}
+		InFlight: b.inFlight.Load(), Forwarded: b.forwarded.Load(), Failed: b.failed.Load()}
 }
 
 // pool is a named set of backends. The backend slice is replaced whole

@@ -146,6 +146,10 @@ func TestRetryOnAnotherBackend(t *testing.T) {
 		if !b.Healthy {
 			t.Fatalf("backend %s out of rotation after dropped requests: %+v", b.URL, b)
 		}
+		// What tells an operator which backend drops requests.
+		if want := map[bool]uint64{true: uint64(len(cases)), false: 0}[b.URL == drop.srv.URL]; b.Failed != want {
+			t.Fatalf("backend %s failed_total %d, want %d", b.URL, b.Failed, want)
+		}
 	}
 }
 

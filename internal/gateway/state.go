@@ -84,6 +84,9 @@ type BackendState struct {
 	LastError string    `json:"last_error,omitempty"`
 	InFlight  int64     `json:"in_flight"`
 	Forwarded uint64    `json:"forwarded_total"`
+	// Failed counts forwarded requests the backend did not answer (refused
+	// connection, connection dropped or reset before a response).
+	Failed uint64 `json:"failed_total"`
 }
 
 // WeightsRequest is the body of PUT /admin/weights.
