@@ -22,9 +22,9 @@
 // A backend that dies with a request in hand, or whose pooled connection
 // turns out dead, makes the proxy fail before anything reaches the client.
 // The gateway then sends the request once to another backend if it is safe
-// to send twice. A read is safe, and so is a write that carries its own
-// idempotency keys: the Idempotency-Key header, or a batch, whose items
-// each have a key. The backends share the store, which answers a repeated
+// to send twice. A read is safe, and so are the node's writes that carry
+// their own idempotency keys: a sign request or an async job with the
+// Idempotency-Key header, or a batch, whose items each have a key. The backends share the store, which answers a repeated
 // key with the first result, so a signature the dead backend committed is
 // returned, not made again. To resend, the gateway keeps bodies of known
 // length up to 8 MiB in memory, 64 MiB for all requests at once; other

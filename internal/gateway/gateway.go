@@ -262,16 +262,26 @@ const (
 )
 
 // replayable reports whether sending r twice cannot do anything twice:
-// reads, and writes that carry their own idempotency keys — the
-// Idempotency-Key header (a sign request, an async job), or one key per item
-// (a batch: an item without a key is refused, never signed). The backends
-// share the store, which answers a repeated key with the first result, so a
-// request the failed backend did commit is answered, not signed again.
+// reads, and the node's writes, which carry their own idempotency keys —
+// the Idempotency-Key header of a sign request or an async job, or one key
+// per item of a batch (an item without a key is refused, never signed). The
+// backends share the store, which answers a repeated key with the first
+// result, so a request the failed backend did commit is answered, not
+// signed again. Writes to any other path are never resent, key or not.
 func replayable(r *http.Request) bool {
-	if isRead(r) || r.Header.Get("Idempotency-Key") != "" {
+	if isRead(r) {
 		return true
 	}
-	return r.Method == http.MethodPost && r.URL.Path == "/v1/sign:batch"
+	if r.Method != http.MethodPost {
+		return false
+	}
+	switch r.URL.Path {
+	case "/v1/sign", "/v1/sign:async":
+		return r.Header.Get("Idempotency-Key") != ""
+	case "/v1/sign:batch":
+		return true
+	}
+	return false
 }
 
 // bufferReplayable reads the body of a replayable request into memory and

@@ -110,7 +110,9 @@ func TestRetryOnAnotherBackend(t *testing.T) {
 		{"sign with Idempotency-Key", "/v1/sign", "k-1", true},
 		{"batch: one key per item", "/v1/sign:batch", "", true},
 		{"verify: a read", "/v1/verify", "", true},
+		{"async job with Idempotency-Key", "/v1/sign:async", "k-2", true},
 		{"write without a key", "/v1/sign", "", false},
+		{"a write the node does not key, with a key", "/v1/other", "k-3", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -26,8 +26,9 @@ import (
 // could show it to a client before its fsync: the group commit's own
 // "already signed" answers (delivered after the next fsync, like every
 // result), and SignatureByIdempotencyKey, which makes sure the WAL is
-// fsynced (SyncCommitted) before it answers with a signature. Async job states are written by ordinary
-// (FULL) commits, whose fsync covers every earlier frame of the WAL.
+// fsynced (SyncCommitted) before it answers with a signature. Async job
+// states are written by ordinary (FULL) commits, whose fsync covers every
+// earlier frame of the WAL.
 
 // openSigConn pins the group commit's connection and sets it NORMAL.
 func (s *Store) openSigConn(ctx context.Context) error {
@@ -79,9 +80,9 @@ func (s *Store) CommitSignaturesNoSync(ctx context.Context, ws []store.Signature
 // it fsyncs the WAL file (every frame written so far, by any connection or
 // process). On a store opened NORMAL it does nothing.
 //
-// The fsync is skipped when no transaction has committed since the last one
-// this store made began: the WAL-index header (walIndexHeader) is the same as
-// it was then. Readers such as SignatureByIdempotencyKey call this once per
+// The fsync is skipped when no transaction has committed since this
+// store's last fsync began: the WAL-index header (walIndexHeaderLocked) is
+// the same as it was then, and so is the WAL file. Readers such as SignatureByIdempotencyKey call this once per
 // lookup, and a loop over thousands of stored signatures with no commit in
 // between (the drill's final check, reconciliation) no longer fsyncs for
 // each.
@@ -154,11 +155,11 @@ func (s *Store) walIndexHeaderLocked() ([walIndexHeaderSize]byte, bool) {
 }
 
 // walFileLocked returns the open WAL file, reopened (and reopened true)
-// when the path now names another file. While this store is open its connections keep the
-// WAL in place (SQLite deletes it only when the last connection closes),
-// so a change means something else replaced it: fsyncing the new one is
-// then the right thing, never the old one. A missing WAL is an error: a
-// commit of ours wrote to it.
+// when the path now names another file. While this store is open its
+// connections keep the WAL in place (SQLite deletes it only when the last
+// connection closes), so a change means something else replaced it:
+// fsyncing the new one is then the right thing, never the old one. A
+// missing WAL is an error: a commit of ours wrote to it.
 func (s *Store) walFileLocked() (f *os.File, reopened bool, err error) {
 	path := s.path + "-wal"
 	if s.wal != nil {
