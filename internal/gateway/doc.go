@@ -30,9 +30,12 @@
 // length up to 8 MiB in memory, 64 MiB for all requests at once; other
 // bodies are streamed and answered 502 on failure. A gate closed while the
 // first attempt was in flight stops the resend, and the answer stays 502.
-// A refused connection also takes the backend out of rotation at once;
-// other failures leave it to the health check. Resent requests are counted
-// (countersign_gateway_retried_total).
+// A refused connection also takes the backend out of rotation at once, and
+// so do three forwarded requests in a row left unanswered (a backend that
+// accepts connections and drops requests may keep passing its health
+// check); the next passing health check puts it back. Resent requests are
+// counted (countersign_gateway_retried_total), and so are each backend's
+// unanswered ones (countersign_gateway_backend_failed_total).
 //
 // Lock order: Gateway.mu, then pool.mu. Counters are atomics and need no lock.
 package gateway

@@ -250,8 +250,18 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, p *pool, b *ba
 		out.ContentLength = int64(len(body))
 	}
 	g.proxy.ServeHTTP(w, out)
+	if at.err == nil {
+		b.failedRun.Store(0)
+	}
 	return at.err
 }
+
+// ejectAfter is how many forwarded requests in a row a backend may leave
+// unanswered (connection dropped or reset, no response) before the gateway
+// takes it out of rotation without waiting for its health check, which such
+// a backend may keep passing. The next passing health check puts it back;
+// if it still drops requests, the first one takes it out again.
+const ejectAfter = 3
 
 // Bodies the gateway keeps in memory to be able to resend a request:
 // each at most maxReplayBody, all together at most maxReplayBytes. A body
@@ -373,9 +383,9 @@ func (g *Gateway) choose(rt *route, avoid *backend) (*pool, *backend) {
 
 // proxyError is the proxy's ErrorHandler: the backend could not be sent
 // the request or did not answer, and nothing has been written to the
-// client. It takes a backend that refused the connection out of rotation
-// and hands the error to ServeHTTP, which answers (or tries another
-// backend).
+// client. It takes a backend that refused the connection, or left
+// ejectAfter requests in a row unanswered, out of rotation and hands the
+// error to ServeHTTP, which answers (or tries another backend).
 func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	g.proxyErrs.Add(1)
 	at, _ := r.Context().Value(attemptKey{}).(*attempt)
@@ -384,10 +394,21 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		return
 	}
 	at.err = err
-	at.backend.failed.Add(1)
-	if b := at.backend; isDialError(err) {
+	b := at.backend
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return // the client went away: not the backend's failure
+	}
+	b.failed.Add(1)
+	run := b.failedRun.Add(1)
+	switch {
+	case isDialError(err):
 		if b.setHealth(false, g.cfg.Now(), err.Error()) {
 			g.log.WarnContext(r.Context(), "gateway: backend refused connection, out of rotation", "backend", b.raw, "err", err)
+		}
+	case run >= ejectAfter:
+		if b.setHealth(false, g.cfg.Now(), fmt.Sprintf("%d forwarded requests in a row unanswered; last: %v", run, err)) {
+			g.log.WarnContext(r.Context(), "gateway: backend leaves requests unanswered, out of rotation until its next passing health check",
+				"backend", b.raw, "in_a_row", run, "err", err)
 		}
 	}
 }

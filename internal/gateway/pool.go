@@ -18,6 +18,9 @@ type backend struct {
 	inFlight  atomic.Int64
 	forwarded atomic.Uint64
 	failed    atomic.Uint64 // forwarded requests it did not answer
+	// failedRun counts the forwarded requests it did not answer since the
+	// last one it did; at ejectAfter the backend is taken out of rotation.
+	failedRun atomic.Int64
 
 	mu        sync.Mutex // guards lastCheck, lastErr
 	lastCheck time.Time

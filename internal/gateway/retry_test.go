@@ -92,17 +92,9 @@ func send(t *testing.T, url, path string, body []byte, idem string) (int, string
 // answered goes to another backend, with the same body, when it carries
 // its own idempotency keys; any other write is answered 502 and not resent.
 func TestRetryOnAnotherBackend(t *testing.T) {
-	drop := newDropBackend(t)
-	echo, echoHits := newEchoBackend(t)
-	g, srv := newTestGateway(t, Config{
-		Pools:   map[string][]string{"stable": {drop.srv.URL, echo.URL}},
-		Weights: map[string]int{"stable": 100},
-		Rand:    &seqRand{},
-	})
 	body := bytes.Repeat([]byte("document "), 1000)
 	sum := sha256.Sum256(body)
 	want := hex.EncodeToString(sum[:])
-
 	cases := []struct {
 		name, path, idem string
 		retried          bool
@@ -116,42 +108,90 @@ func TestRetryOnAnotherBackend(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			dropBefore, echoBefore, retriedBefore := drop.hits.Load(), echoHits.Load(), g.State().Retried
+			drop := newDropBackend(t)
+			echo, echoHits := newEchoBackend(t)
+			g, srv := newTestGateway(t, Config{
+				Pools:   map[string][]string{"stable": {drop.srv.URL, echo.URL}},
+				Weights: map[string]int{"stable": 100},
+				Rand:    &seqRand{},
+			})
 			// Round-robin: send until the drop backend has been tried once.
 			var status int
 			var got string
-			for drop.hits.Load() == dropBefore {
+			for drop.hits.Load() == 0 {
 				status, got = send(t, srv.URL, c.path, body, c.idem)
-				if drop.hits.Load() == dropBefore && (status != http.StatusOK || got != want) {
+				if drop.hits.Load() == 0 && (status != http.StatusOK || got != want) {
 					t.Fatalf("echo backend answered %d %q, want 200 and the body's hash", status, got)
 				}
 			}
-			retried := g.State().Retried - retriedBefore
+			st := g.State()
+			if ps, _ := st.Pool("stable"); ps.Backends[0].Failed+ps.Backends[1].Failed != 1 {
+				t.Fatalf("failed_total over the backends %d and %d, want one failure in all", ps.Backends[0].Failed, ps.Backends[1].Failed)
+			}
 			if !c.retried {
-				if status != http.StatusBadGateway || !strings.Contains(got, api.TypeUnavailable) || retried != 0 {
-					t.Fatalf("got %d %s (retried %d), want 502 and no second backend", status, got, retried)
+				if status != http.StatusBadGateway || !strings.Contains(got, api.TypeUnavailable) || st.Retried != 0 {
+					t.Fatalf("got %d %s (retried %d), want 502 and no second backend", status, got, st.Retried)
 				}
 				return
 			}
 			if status != http.StatusOK || got != want {
 				t.Fatalf("got %d %q, want 200 from the other backend with the whole body (hash %s)", status, got, want)
 			}
-			if retried != 1 || echoHits.Load() == echoBefore {
-				t.Fatalf("retried %d, echo hits %d -> %d: the request was not sent to the other backend", retried, echoBefore, echoHits.Load())
+			if st.Retried != 1 || echoHits.Load() < 1 {
+				t.Fatalf("retried %d, echo hits %d: the request was not sent to the other backend", st.Retried, echoHits.Load())
 			}
 		})
 	}
-	// A backend that drops requests without refusing connections stays in
-	// rotation: it is left to the health check.
-	ps, _ := g.State().Pool("stable")
-	for _, b := range ps.Backends {
-		if !b.Healthy {
-			t.Fatalf("backend %s out of rotation after dropped requests: %+v", b.URL, b)
+}
+
+// TestEjectAfterUnansweredRequests: a backend that accepts connections and
+// drops requests passes its health check, so the gateway takes it out
+// after ejectAfter unanswered requests in a row, and the next passing
+// health check puts it back.
+func TestEjectAfterUnansweredRequests(t *testing.T) {
+	drop := newDropBackend(t)
+	echo, _ := newEchoBackend(t)
+	g, srv := newTestGateway(t, Config{
+		Pools:   map[string][]string{"stable": {drop.srv.URL, echo.URL}},
+		Weights: map[string]int{"stable": 100},
+		Rand:    &seqRand{},
+	})
+	dropState := func() BackendState {
+		ps, _ := g.State().Pool("stable")
+		for _, b := range ps.Backends {
+			if b.URL == drop.srv.URL {
+				return b
+			}
 		}
-		// What tells an operator which backend drops requests.
-		if want := map[bool]uint64{true: uint64(len(cases)), false: 0}[b.URL == drop.srv.URL]; b.Failed != want {
-			t.Fatalf("backend %s failed_total %d, want %d", b.URL, b.Failed, want)
+		t.Fatal("drop backend not in the pool")
+		return BackendState{}
+	}
+	// (The transport may itself resend a request once on a new connection
+	// when a reused one fails, so the backend's hits can outnumber the
+	// gateway's failed attempts: count those.)
+	for i := 0; i < 20 && dropState().Failed < ejectAfter; i++ {
+		if status, got := send(t, srv.URL, "/v1/sign", []byte("doc"), fmt.Sprint("k-eject-", i)); status != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i, status, got)
 		}
+		if st := dropState(); st.Failed < ejectAfter && !st.Healthy {
+			t.Fatalf("out of rotation after %d unanswered requests, want %d", st.Failed, ejectAfter)
+		}
+	}
+	if st := dropState(); st.Healthy || st.Failed != ejectAfter || !strings.Contains(st.LastError, "unanswered") {
+		t.Fatalf("after %d unanswered requests: %+v", ejectAfter, st)
+	}
+	hits := drop.hits.Load()
+	for i := range 10 {
+		if status, _ := send(t, srv.URL, "/v1/sign", []byte("doc"), fmt.Sprint("k-after-", i)); status != http.StatusOK {
+			t.Fatalf("after ejection: %d", status)
+		}
+	}
+	if drop.hits.Load() != hits {
+		t.Fatalf("an ejected backend got %d more requests", drop.hits.Load()-hits)
+	}
+	g.CheckHealth(t.Context())
+	if !dropState().Healthy {
+		t.Fatal("a passing health check did not put the backend back")
 	}
 }
 
