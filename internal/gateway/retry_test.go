@@ -72,6 +72,20 @@ func newEchoBackend(t *testing.T) (*httptest.Server, *atomic.Int64) {
 	return srv, &hits
 }
 
+// newDropEchoGateway serves a gateway whose one pool holds a dropping
+// backend and an echoing one, picked round-robin, the dropping one second.
+func newDropEchoGateway(t *testing.T) (*Gateway, *httptest.Server, *dropBackend, *atomic.Int64) {
+	t.Helper()
+	drop := newDropBackend(t)
+	echo, echoHits := newEchoBackend(t)
+	g, srv := newTestGateway(t, Config{
+		Pools:   map[string][]string{"stable": {drop.srv.URL, echo.URL}},
+		Weights: map[string]int{"stable": 100},
+		Rand:    &seqRand{},
+	})
+	return g, srv, drop, echoHits
+}
+
 func send(t *testing.T, url, path string, body []byte, idem string) (int, string) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url+path, bytes.NewReader(body))
@@ -108,13 +122,7 @@ func TestRetryOnAnotherBackend(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			drop := newDropBackend(t)
-			echo, echoHits := newEchoBackend(t)
-			g, srv := newTestGateway(t, Config{
-				Pools:   map[string][]string{"stable": {drop.srv.URL, echo.URL}},
-				Weights: map[string]int{"stable": 100},
-				Rand:    &seqRand{},
-			})
+			g, srv, drop, echoHits := newDropEchoGateway(t)
 			// Round-robin: send until the drop backend has been tried once.
 			var status int
 			var got string
@@ -149,13 +157,7 @@ func TestRetryOnAnotherBackend(t *testing.T) {
 // after ejectAfter unanswered requests in a row, and the next passing
 // health check puts it back.
 func TestEjectAfterUnansweredRequests(t *testing.T) {
-	drop := newDropBackend(t)
-	echo, _ := newEchoBackend(t)
-	g, srv := newTestGateway(t, Config{
-		Pools:   map[string][]string{"stable": {drop.srv.URL, echo.URL}},
-		Weights: map[string]int{"stable": 100},
-		Rand:    &seqRand{},
-	})
+	g, srv, drop, _ := newDropEchoGateway(t)
 	dropState := func() BackendState {
 		ps, _ := g.State().Pool("stable")
 		for _, b := range ps.Backends {
@@ -238,13 +240,7 @@ func TestRetryAfterRefusedConnection(t *testing.T) {
 // TestNoRetryForLargeBodies: a body over maxReplayBody is streamed, not
 // kept, so it is never sent twice.
 func TestNoRetryForLargeBodies(t *testing.T) {
-	drop := newDropBackend(t)
-	echo, _ := newEchoBackend(t)
-	g, srv := newTestGateway(t, Config{
-		Pools:   map[string][]string{"stable": {drop.srv.URL, echo.URL}},
-		Weights: map[string]int{"stable": 100},
-		Rand:    &seqRand{},
-	})
+	g, srv, drop, _ := newDropEchoGateway(t)
 	body := bytes.Repeat([]byte{'x'}, maxReplayBody+1)
 	for i := 0; drop.hits.Load() == 0; i++ {
 		if i == 4 {
@@ -309,13 +305,7 @@ func TestReplayBudget(t *testing.T) {
 // answer is 502, not the gate's 503: the failed backend may have committed
 // the request.
 func TestNoRetryOnceGated(t *testing.T) {
-	drop := newDropBackend(t)
-	echo, echoHits := newEchoBackend(t)
-	g, srv := newTestGateway(t, Config{
-		Pools:   map[string][]string{"stable": {drop.srv.URL, echo.URL}},
-		Weights: map[string]int{"stable": 100},
-		Rand:    &seqRand{},
-	})
+	g, srv, drop, echoHits := newDropEchoGateway(t)
 	closeGate := func() {
 		if _, err := g.SetGate(context.Background(), Gate{On: true, RetryAfter: 5, Reason: "incident"}); err != nil {
 			t.Error(err)
