@@ -88,27 +88,27 @@ func runFloorServer(mode, storeURL string) error {
 	if err != nil {
 		return err
 	}
-	fs := &floorServer{mode: mode, token: []byte(floorToken), key: key, queue: make(chan *floorWrite, 4*floorCommitMax)}
+	fs := &floorServer{mode: mode, token: []byte(floorToken), key: key}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var open func(context.Context, string) (func(context.Context, int64, []*floorWrite) error, func(), error)
 	switch mode {
 	case "http", "sign":
 	case "sqlite":
-		commit, closeDB, err := openFloorSQLite(ctx, storeURL)
-		if err != nil {
-			return err
-		}
-		defer closeDB()
-		go fs.writer(ctx, commit)
+		open = openFloorSQLite
 	case "postgres":
-		commit, closeDB, err := openFloorPostgres(ctx, storeURL)
-		if err != nil {
-			return err
-		}
-		defer closeDB()
-		go fs.writer(ctx, commit)
+		open = openFloorPostgres
 	default:
 		return fmt.Errorf("floor: unknown mode %q", mode)
+	}
+	if open != nil {
+		commit, closeDB, err := open(ctx, storeURL)
+		if err != nil {
+			return err
+		}
+		defer closeDB()
+		fs.queue = make(chan *floorWrite, 4*floorCommitMax)
+		go fs.writer(ctx, commit)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -167,7 +167,7 @@ func (fs *floorServer) sign(idem string, docB64 []byte) (*floorWrite, error) {
 	if err != nil {
 		return nil, err
 	}
-	if fs.queue != nil && fs.mode != "sign" {
+	if fs.queue != nil { // a durable mode
 		w.entry = fmt.Appendf(nil, `{"v":1,"type":"signature.created","time":%q,"actor":"tenant:floor","tenant":"floor","subject":"signature:%s","details":{"algorithm":"ecdsa-p256","document_digest":"%x","key":"default","key_version":1}}`,
 			time.Now().UTC().Format(time.RFC3339Nano), idem, w.digest)
 		w.done = make(chan error, 1)
