@@ -45,13 +45,24 @@ func (r *RecentEntries) Add(indexes []int64, entries [][]byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, idx := range indexes {
-		if idx != r.first+int64(len(r.entries)) || len(r.entries) == 0 {
-			r.first, r.entries = idx, r.entries[:0]
-		}
-		r.entries = append(r.entries, entries[i])
+		r.appendLocked(idx, entries[i])
 	}
+	r.trimLocked()
+}
+
+// appendLocked continues the run with the entry at idx, or starts a new run
+// there. r.mu must be held.
+func (r *RecentEntries) appendLocked(idx int64, entry []byte) {
+	if idx != r.first+int64(len(r.entries)) || len(r.entries) == 0 {
+		r.first, r.entries = idx, r.entries[:0]
+	}
+	r.entries = append(r.entries, entry)
+}
+
+// trimLocked drops the oldest entries beyond max. r.mu must be held.
+func (r *RecentEntries) trimLocked() {
 	if drop := len(r.entries) - r.max; drop > 0 {
-		// Drop the oldest; copy so the backing array does not keep them.
+		// Copy so the backing array does not keep the dropped entries.
 		kept := make([][]byte, len(r.entries)-drop, r.max)
 		copy(kept, r.entries[drop:])
 		r.first += int64(drop)
@@ -81,15 +92,16 @@ func (r *RecentEntries) take(from, n int64) ([][]byte, bool) {
 
 // AddCommitted adds the events of a committed group-commit batch
 // (store.CommitterConfig.Committed): ws[i]'s event is at rs[i].AuditIndex,
-// unless rs[i].Existing says nothing was written.
+// unless rs[i].Existing says nothing was written. It runs on the
+// committer's writer goroutine, so it takes the lock once and allocates
+// nothing of its own.
 func (r *RecentEntries) AddCommitted(ws []store.SignatureWrite, rs []store.WriteResult) {
-	idx := make([]int64, 0, len(ws))
-	entries := make([][]byte, 0, len(ws))
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for i := range rs {
 		if rs[i].Existing == nil {
-			idx = append(idx, rs[i].AuditIndex)
-			entries = append(entries, ws[i].Event.Entry)
+			r.appendLocked(rs[i].AuditIndex, ws[i].Event.Entry)
 		}
 	}
-	r.Add(idx, entries)
+	r.trimLocked()
 }
