@@ -180,7 +180,7 @@ type attemptKey struct{}
 // replayable.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := g.route.Load()
-	if rt.gate.On && (rt.gate.BlockReads || !isRead(r)) {
+	if rt.gate.refuses(r) {
 		g.gated.Add(1)
 		writeRetryProblem(w, http.StatusServiceUnavailable, api.TypeMaintenance, rt.gate.Reason, rt.gate.RetryAfter)
 		return
@@ -201,7 +201,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 			return // the client went away; nobody is left to answer
 		}
-		if rt = g.route.Load(); replay && try == 0 && !(rt.gate.On && (rt.gate.BlockReads || !isRead(r))) {
+		if rt = g.route.Load(); replay && try == 0 && !rt.gate.refuses(r) {
 			// Any other backend, the failed one excluded; choose re-reads
 			// the weights and health, which the failure may have changed.
 			// A gate closed meanwhile stops the resend (no write reaches a
@@ -326,6 +326,12 @@ func (g *Gateway) bufferReplayable(r *http.Request) (body []byte, replay bool, r
 type readCloser struct {
 	io.Reader
 	io.Closer
+}
+
+// refuses reports whether the gate answers r itself: it is on, and r is a
+// write or reads are blocked too.
+func (gt Gate) refuses(r *http.Request) bool {
+	return gt.On && (gt.BlockReads || !isRead(r))
 }
 
 // isRead reports whether a request cannot accept work: safe methods, and

@@ -81,7 +81,7 @@ func insertRows(ctx context.Context, conn *pgxpool.Conn, rows []newRow, next int
 		for _, n := range runs {
 			tag, err := br.Exec()
 			if err == nil && tag.RowsAffected() != int64(n) {
-				err = fmt.Errorf("inserted %d signatures, expected %d (a writer bypassed the audit head lock)", tag.RowsAffected(), n)
+				err = fmt.Errorf("inserted %d signatures, expected %d", tag.RowsAffected(), n)
 			}
 			if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == uniqueViolation &&
 				pe.ConstraintName == idempotencyConstraint {

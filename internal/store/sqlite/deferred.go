@@ -127,24 +127,12 @@ const walIndexHeaderSize = 48
 // that differ are a header being written, treated as a change).
 func (s *Store) walIndexHeaderLocked() ([walIndexHeaderSize]byte, bool) {
 	var hdr [walIndexHeaderSize]byte
-	path := s.path + "-shm"
-	if s.shm != nil {
-		open, err1 := s.shm.Stat()
-		now, err2 := os.Stat(path)
-		if err1 != nil || err2 != nil || !os.SameFile(open, now) {
-			s.shm.Close()
-			s.shm = nil
-		}
-	}
-	if s.shm == nil {
-		f, err := os.Open(path)
-		if err != nil {
-			return hdr, false
-		}
-		s.shm = f
+	f, _, err := openSame(&s.shm, s.path+"-shm")
+	if err != nil {
+		return hdr, false
 	}
 	var both [2 * walIndexHeaderSize]byte
-	if _, err := s.shm.ReadAt(both[:], 0); err != nil {
+	if _, err := f.ReadAt(both[:], 0); err != nil {
 		return hdr, false
 	}
 	copy(hdr[:], both[:walIndexHeaderSize])
@@ -161,20 +149,29 @@ func (s *Store) walIndexHeaderLocked() ([walIndexHeaderSize]byte, bool) {
 // fsyncing the new one is then the right thing, never the old one. A
 // missing WAL is an error: a commit of ours wrote to it.
 func (s *Store) walFileLocked() (f *os.File, reopened bool, err error) {
-	path := s.path + "-wal"
-	if s.wal != nil {
-		open, err1 := s.wal.Stat()
-		now, err2 := os.Stat(path)
-		if err1 == nil && err2 == nil && os.SameFile(open, now) {
-			return s.wal, false, nil
-		}
-		s.wal.Close()
-		s.wal = nil
-	}
-	f, err = os.Open(path)
+	f, reopened, err = openSame(&s.wal, s.path+"-wal")
 	if err != nil {
 		return nil, false, fmt.Errorf("sqlite: open the WAL to fsync it: %w", err)
 	}
-	s.wal = f
+	return f, reopened, nil
+}
+
+// openSame returns *held if path still names the file it has open, and
+// otherwise closes it and opens path into *held (reopened true). On error
+// *held is nil.
+func openSame(held **os.File, path string) (f *os.File, reopened bool, err error) {
+	if *held != nil {
+		open, err1 := (*held).Stat()
+		now, err2 := os.Stat(path)
+		if err1 == nil && err2 == nil && os.SameFile(open, now) {
+			return *held, false, nil
+		}
+		(*held).Close()
+		*held = nil
+	}
+	if f, err = os.Open(path); err != nil {
+		return nil, false, err
+	}
+	*held = f
 	return f, true, nil
 }
